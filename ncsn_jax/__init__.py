@@ -1,0 +1,1 @@
+"""ncsn_jax: NCSNv2 score-based generative models (Song & Ermon, 2020) in JAX/Flax."""

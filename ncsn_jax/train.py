@@ -1,0 +1,104 @@
+"""Train state and the pure, jit-compiled training and evaluation steps.
+
+The state carries the parameters, the Adam state, the EMA of the parameters (technique 5) and the noise
+ladder σ1 > … > σL (as the official model carries it as a buffer), so a checkpoint is self-describing and
+`train_step(state, batch, rng)` needs nothing else.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import struct
+from flax.training import train_state
+
+from ncsn_jax import losses, schedule
+from ncsn_jax.models import get_model, get_score_fn
+
+
+class TrainState(train_state.TrainState):
+    """flax's TrainState plus the EMA parameters θ' and the noise ladder.
+
+    Attributes:
+      ema_params: θ', updated after every optimiser step as θ' ← m·θ' + (1 − m)·θ.
+      sigmas: (L,) float32 noise ladder, descending.
+      ema_rate: m (0.999 in every paper config).
+    """
+
+    ema_params: Any
+    sigmas: jax.Array
+    ema_rate: float = struct.field(pytree_node=False)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adam with the config's lr, β1, β2 and eps; weight decay as PyTorch's Adam applies it (L2 on grads)."""
+    optim = config.optim
+    if optim.lr <= 0:
+        raise ValueError(f"config.optim.lr must be positive, got {optim.lr}")
+    adam = optax.adam(optim.lr, b1=optim.beta1, b2=optim.beta2, eps=optim.eps)
+    if optim.weight_decay:
+        # torch.optim.Adam adds wd·θ to the gradient before the moments (not AdamW's decoupled decay).
+        return optax.chain(optax.add_decayed_weights(optim.weight_decay), adam)
+    return adam
+
+
+def noise_levels(config: ml_collections.ConfigDict) -> jax.Array:
+    """The config's ladder σ1 = sigma_begin > … > σL = sigma_end, L = num_scales."""
+    model = config.model
+    return jnp.asarray(schedule.geometric_sigmas(model.sigma_begin, model.sigma_end, model.num_scales))
+
+
+def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array) -> TrainState:
+    """Initialises the network named by the config, its Adam state, θ' = θ and the ladder."""
+    model: nn.Module = get_model(config)
+    size, channels = config.data.image_size, config.data.channels
+    params = model.init(rng, jnp.zeros((1, size, size, channels)), jnp.ones((1,)))["params"]
+    return TrainState.create(
+        apply_fn=model.apply,
+        params=params,
+        tx=make_optimizer(config),
+        ema_params=jax.tree.map(jnp.copy, params),
+        sigmas=noise_levels(config),
+        ema_rate=config.model.ema_rate,
+    )
+
+
+def _loss(params, state: TrainState, batch: jax.Array, rng: jax.Array) -> jax.Array:
+    return losses.dsm_loss(get_score_fn(state.apply_fn, params), batch, state.sigmas, rng)
+
+
+@jax.jit
+def eval_step(state: TrainState, batch: jax.Array, rng: jax.Array) -> dict[str, jax.Array]:
+    """The DSM loss of the EMA parameters on a batch (the official test loss).
+
+    Args:
+      state: the train state.
+      batch: (B, H, W, C) images in [0, 1].
+      rng: PRNG key for the levels and the noise.
+    """
+    return {"loss": _loss(state.ema_params, state, batch, rng)}
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def train_step(state: TrainState, batch: jax.Array, rng: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One Adam step on the DSM loss, then the EMA update. Donates `state`.
+
+    Args:
+      state: the train state (its buffers are reused for the result: do not use it afterwards).
+      batch: (B, H, W, C) images in [0, 1]. Sharded over a device mesh's batch axis, with the state
+        replicated, the step runs data-parallel: the compiler inserts the gradient all-reduce.
+      rng: PRNG key for this step's levels and noise (e.g. `jax.random.fold_in(key, step)`).
+
+    Returns:
+      (new state, metrics {'loss', 'grad_norm'}); the loss is that of the parameters before the step.
+    """
+    loss, grads = jax.value_and_grad(_loss)(state.params, state, batch, rng)
+    state = state.apply_gradients(grads=grads)
+    m = state.ema_rate
+    ema_params = jax.tree.map(lambda e, p: m * e + (1.0 - m) * p, state.ema_params, state.params)
+    return state.replace(ema_params=ema_params), {"loss": loss, "grad_norm": optax.global_norm(grads)}
