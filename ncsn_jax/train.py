@@ -101,4 +101,4 @@ def train_step(state: TrainState, batch: jax.Array, rng: jax.Array) -> tuple[Tra
     state = state.apply_gradients(grads=grads)
     m = state.ema_rate
     ema_params = jax.tree.map(lambda e, p: m * e + (1.0 - m) * p, state.ema_params, state.params)
-    return state.replace(ema_params=ema_params), {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    return state.replace(ema_params=ema_params), {"loss": loss, "grad_norm": optax.tree.norm(grads)}
