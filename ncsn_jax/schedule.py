@@ -150,11 +150,11 @@ def langevin_variance_ratio(step_lr: ArrayLike, gamma: float, sigma_end: float,
 
         s_T²/σ² = (1−a)^(2T)·(γ² − b) + b,
 
-    the same at every level. It equals γ² as ε → 0, exactly 2 at ε = σL² (a = 1), grows without
-    bound as ε → 2σL², and exceeds 1 everywhere in between.
+    the same at every level. It tends to γ² as ε → 0 (the samples do not move), is exactly 2 at
+    ε = σL² (a = 1), tends to γ² + 4T as ε → 2σL², and exceeds 1 everywhere in between.
 
     Args:
-      step_lr: ε, scalar or array, each in (0, 2σL²).
+      step_lr: ε, scalar or array, each in (0, 2σL²), where the recursion is stable (|1 − a| < 1).
       gamma: γ = σ_{i-1}/σ_i > 1, the ladder's ratio.
       sigma_end: σL > 0, the smallest noise level.
       n_steps_each: T ≥ 1, Langevin steps per noise level.
