@@ -186,6 +186,16 @@ class RCUBlock(nn.Module):
         return x
 
 
+def max_pool_5x5(x: jax.Array) -> jax.Array:
+    """5×5 stride-1 max pool of an NHWC tensor, padded with −inf (PyTorch's MaxPool2d(5, 1, padding=2)).
+
+    Done as a 1×5 pool then a 5×1 pool (the maximum is separable): the same values, and on CPU over ten
+    times faster than XLA's 2-D window reduction.
+    """
+    x = nn.max_pool(x, (1, 5), strides=(1, 1), padding="SAME")
+    return nn.max_pool(x, (5, 1), strides=(1, 1), padding="SAME")
+
+
 class CRPBlock(nn.Module):
     """Chained residual pooling: a chain of (5×5 stride-1 max pool, bias-free 3×3 conv), each summed in."""
 
@@ -198,8 +208,7 @@ class CRPBlock(nn.Module):
         x = nn.elu(x)
         path = x
         for i in range(self.n_stages):
-            # SAME padding pads with −inf, as PyTorch's MaxPool2d(5, 1, padding=2).
-            path = nn.max_pool(path, (5, 5), strides=(1, 1), padding="SAME")
+            path = max_pool_5x5(path)
             path = Conv2d(features, use_bias=False, dtype=self.dtype, name=f"convs_{i}")(path)
             x = x + path
         return x
