@@ -54,7 +54,7 @@ def main(_):
         state, metrics = compiled_step(state, batch, rng)
         jax.block_until_ready(metrics)
 
-    score = jax.jit(lambda params, x, sigma: get_score_fn(state.apply_fn, params)(x, sigma))
+    score = jax.jit(lambda params, x, sigma: get_score_fn(state.model, params)(x, sigma))
     sigma = jnp.full((batch_size,), config.model.sigma_end)
     start = time.perf_counter()
     compiled_score = score.lower(state.params, batch, sigma).compile()

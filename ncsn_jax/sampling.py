@@ -14,18 +14,13 @@ mean of the clean image. Nothing is clamped: images leave the sampler as they ar
 
 All steps run in one `lax.scan` (nested in an outer scan over chunks of `keep_every` steps when
 intermediate states are kept), so the traced program does not grow with L or T. The samplers are
-jit-compiled with `score_fn`, `n_steps_each`, `keep_every`, `denoise` and `return_diagnostics` static;
-`sigmas` and `step_lr` are traced, so a new ladder of the same length or a new ε reuses the
-compilation. `score_fn` is hashed by identity: to sample with changing parameters, build the score
-function inside your own jitted function, where the parameters are traced, e.g.
+jit-compiled with `n_steps_each`, `keep_every`, `denoise` and `return_diagnostics` static; `sigmas`
+and `step_lr` are traced, so a new ladder of the same length or a new ε reuses the compilation.
 
-    @jax.jit
-    def sample(params, rng, x_init):
-        score_fn = lambda x, sigma: apply_score_model(params, x, sigma)
-        return annealed_langevin_dynamics(score_fn, rng, x_init, sigmas, 5, 6.2e-6).samples
-
-A score function built at top level from concrete parameters is compiled with the parameters baked
-in as constants, and a new closure compiles again.
+`score_fn` is passed to the compiled program as a pytree: a `jax.tree_util.Partial` (what
+`ncsn_jax.models.get_score_fn` returns) has its arguments, the network parameters, traced, so one
+compilation serves every checkpoint of a network. A plain callable is keyed by identity, and whatever
+it closes over is compiled in as constants: fine for a closed-form score, wasteful for a network.
 """
 
 import functools
@@ -208,10 +203,27 @@ def _denoise(score_fn: ScoreFn, x: jax.Array, sigmas: jax.Array) -> jax.Array:
     return denoise_step(x, score_fn(x, jnp.full((x.shape[0],), sigmas[-1])), sigmas[-1])
 
 
-_STATIC = ("score_fn", "n_steps_each", "denoise", "keep_every", "return_diagnostics")
+_STATIC = ("n_steps_each", "denoise", "keep_every", "return_diagnostics")
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
+def _jit_sampler(static_argnames: tuple[str, ...]):
+    """jax.jit for a sampler whose first argument, score_fn, is traced as a pytree (see module doc)."""
+
+    def decorate(sampler):
+        compiled = jax.jit(sampler, static_argnames=static_argnames)
+
+        @functools.wraps(sampler)
+        def run(score_fn, *args, **kwargs):
+            if not isinstance(score_fn, jax.tree_util.Partial):
+                score_fn = jax.tree_util.Partial(score_fn)
+            return compiled(score_fn, *args, **kwargs)
+
+        return run
+
+    return decorate
+
+
+@_jit_sampler(_STATIC)
 def annealed_langevin_dynamics(score_fn: ScoreFn, rng: jax.Array, x_init: ArrayLike,
                                sigmas: ArrayLike, n_steps_each: int, step_lr: ArrayLike,
                                denoise: bool = True, keep_every: int = 0,
@@ -219,7 +231,7 @@ def annealed_langevin_dynamics(score_fn: ScoreFn, rng: jax.Array, x_init: ArrayL
     """Annealed Langevin dynamics (NCSNv2 Algorithm 1) with the optional final denoising step.
 
     Args:
-        score_fn: s(x, σ), see `ScoreFn`; static, hashed by identity.
+        score_fn: s(x, σ), see `ScoreFn` and the module docstring.
         rng: PRNG key.
         x_init: (B, ...) initial state x0, e.g. `uniform_init` (official: U[0,1), NHWC).
         sigmas: (L,) noise levels σ1 > ... > σ_L (`sigma_begin` ... `sigma_end`).
@@ -247,7 +259,7 @@ def annealed_langevin_dynamics(score_fn: ScoreFn, rng: jax.Array, x_init: ArrayL
     return out._replace(samples=_denoise(score_fn, out.samples, sigmas))
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
+@_jit_sampler(_STATIC)
 def annealed_langevin_inpainting(score_fn: ScoreFn, rng: jax.Array, x_init: ArrayLike,
                                  reference: ArrayLike, mask: ArrayLike, sigmas: ArrayLike,
                                  n_steps_each: int, step_lr: ArrayLike, denoise: bool = False,
@@ -262,7 +274,7 @@ def annealed_langevin_inpainting(score_fn: ScoreFn, rng: jax.Array, x_init: Arra
     right half of 32×32 RGB images; any mask and channel count work here.
 
     Args:
-        score_fn: s(x, σ), see `ScoreFn`; static.
+        score_fn: s(x, σ), see `ScoreFn` and the module docstring.
         rng: PRNG key.
         x_init: (B, ...) initial state, e.g. `uniform_init`.
         reference: images whose known pixels are kept, broadcastable to x_init's shape, [0, 1].
@@ -310,7 +322,7 @@ def annealed_langevin_inpainting(score_fn: ScoreFn, rng: jax.Array, x_init: Arra
     return out._replace(samples=jnp.where(known, reference, x))
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC + ("n_interpolations",))
+@_jit_sampler(_STATIC + ("n_interpolations",))
 def annealed_langevin_interpolation(score_fn: ScoreFn, rng: jax.Array, x_init: ArrayLike,
                                     sigmas: ArrayLike, n_steps_each: int, step_lr: ArrayLike,
                                     n_interpolations: int, denoise: bool = False,
@@ -325,7 +337,7 @@ def annealed_langevin_interpolation(score_fn: ScoreFn, rng: jax.Array, x_init: A
     same state (`repeat_for_interpolation`) then gives samples that morph from column 0 to n − 1.
 
     Args:
-        score_fn: s(x, σ), see `ScoreFn`; static.
+        score_fn: s(x, σ), see `ScoreFn` and the module docstring.
         rng: PRNG key.
         x_init: (n_rows·n, ...) initial state, row-major; see `repeat_for_interpolation`.
         sigmas: (L,) noise levels, σ descending.

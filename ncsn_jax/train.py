@@ -15,24 +15,37 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import struct
-from flax.training import train_state
 
 from ncsn_jax import losses, schedule
 from ncsn_jax.models import get_model, get_score_fn
 
 
-class TrainState(train_state.TrainState):
-    """flax's TrainState plus the EMA parameters θ' and the noise ladder.
+class TrainState(struct.PyTreeNode):
+    """Everything a training step reads and writes; a pytree, so it can be jitted, sharded and saved.
 
     Attributes:
-      ema_params: θ', updated after every optimiser step as θ' ← m·θ' + (1 − m)·θ.
-      sigmas: (L,) float32 noise ladder, descending.
-      ema_rate: m (0.999 in every paper config).
+      step: number of optimiser steps taken.
+      params: θ, the network parameters.
+      opt_state: the Adam state.
+      ema_params: θ', updated after every optimiser step as θ' ← m·θ' + (1 − m)·θ (technique 5).
+      sigmas: (L,) float32 noise ladder σ1 > … > σL.
+      model: the network (static).
+      tx: the optimiser (static).
+      ema_rate: m, 0.999 in every paper config (static).
     """
 
+    step: jax.Array
+    params: Any
+    opt_state: optax.OptState
     ema_params: Any
     sigmas: jax.Array
+    model: nn.Module = struct.field(pytree_node=False)
+    tx: optax.GradientTransformation = struct.field(pytree_node=False)
     ema_rate: float = struct.field(pytree_node=False)
+
+    def score_fn(self, use_ema: bool = True):
+        """s(x, σ) with the EMA parameters θ' (what the paper samples and evaluates with) or θ."""
+        return get_score_fn(self.model, self.ema_params if use_ema else self.params)
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -58,18 +71,21 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array) -> Tra
     model: nn.Module = get_model(config)
     size, channels = config.data.image_size, config.data.channels
     params = model.init(rng, jnp.zeros((1, size, size, channels)), jnp.ones((1,)))["params"]
-    return TrainState.create(
-        apply_fn=model.apply,
+    tx = make_optimizer(config)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
         params=params,
-        tx=make_optimizer(config),
+        opt_state=tx.init(params),
         ema_params=jax.tree.map(jnp.copy, params),
         sigmas=noise_levels(config),
+        model=model,
+        tx=tx,
         ema_rate=config.model.ema_rate,
     )
 
 
 def _loss(params, state: TrainState, batch: jax.Array, rng: jax.Array) -> jax.Array:
-    return losses.dsm_loss(get_score_fn(state.apply_fn, params), batch, state.sigmas, rng)
+    return losses.dsm_loss(get_score_fn(state.model, params), batch, state.sigmas, rng)
 
 
 @jax.jit
@@ -98,7 +114,9 @@ def train_step(state: TrainState, batch: jax.Array, rng: jax.Array) -> tuple[Tra
       (new state, metrics {'loss', 'grad_norm'}); the loss is that of the parameters before the step.
     """
     loss, grads = jax.value_and_grad(_loss)(state.params, state, batch, rng)
-    state = state.apply_gradients(grads=grads)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
     m = state.ema_rate
-    ema_params = jax.tree.map(lambda e, p: m * e + (1.0 - m) * p, state.ema_params, state.params)
-    return state.replace(ema_params=ema_params), {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    ema_params = jax.tree.map(lambda e, p: m * e + (1.0 - m) * p, state.ema_params, params)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params)
+    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}

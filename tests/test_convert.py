@@ -17,7 +17,7 @@ def template():
 
 def official_score_fn():
     params = convert.from_official(official_state_dict(), template())
-    return get_score_fn(MODEL.apply, params)
+    return get_score_fn(MODEL, params)
 
 
 def relative_error(a, b):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ncsn_jax.models import NCSNv2, NCSNv2Deeper, NCSNv2Deepest, get_model
+from ncsn_jax.models import NCSNv2, NCSNv2Deeper, NCSNv2Deepest, get_model, get_score_fn
 from ncsn_jax.models.layers import InstanceNormPlus, resize_bilinear_align_corners
 from tests.fixtures import nhwc, reference
 
@@ -115,3 +115,16 @@ def test_bad_model_settings_are_clear_errors():
         model.init(jax.random.key(0), jnp.zeros((1, 15, 15, 1)), jnp.ones(1))
     with pytest.raises(ValueError, match="1 channels"):
         model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)), jnp.ones(1))
+
+
+def test_score_fns_of_equal_networks_share_one_compilation_key():
+    # Samplers trace the parameters of a get_score_fn Partial; the network itself is part of the
+    # compilation key, so a rebuilt but identical network must compare equal.
+    x, sigma = jnp.zeros((1, 16, 16, 1)), jnp.ones(1)
+    params = get_model(tiny_config()).init(jax.random.key(0), x, sigma)["params"]
+    first = get_score_fn(get_model(tiny_config()), params)
+    second = get_score_fn(get_model(tiny_config()), jax.tree.map(lambda p: p + 1, params))
+    assert jax.tree_util.tree_structure(first) == jax.tree_util.tree_structure(second)
+    other = get_score_fn(get_model(tiny_config("ncsnv2_deeper")), params)
+    assert jax.tree_util.tree_structure(first) != jax.tree_util.tree_structure(other)
+    np.testing.assert_allclose(first(x, sigma), get_model(tiny_config()).apply({"params": params}, x, sigma))

@@ -200,6 +200,25 @@ def test_new_ladder_and_step_lr_reuse_compilation():
     assert len(n_traces) == traced and out.samples.shape == (2, 4)
 
 
+def test_score_parameters_in_a_partial_are_traced_not_recompiled():
+    # What `get_score_fn` hands the samplers: new network parameters must reuse the compilation.
+    n_traces = []
+
+    def scaled_score(scale, x, sigma):
+        n_traces.append(1)
+        return -scale * x / (1 + sigma[:, None]**2)
+
+    x_init = jnp.ones((2, 4))
+    ladder = _geometric(1.0, 0.01, 5)
+    run = lambda scale: sampling.annealed_langevin_dynamics(
+        jax.tree_util.Partial(scaled_score, jnp.float32(scale)), jax.random.key(0), x_init, ladder, 2, 1e-3)
+    first = run(1.0)
+    traced = len(n_traces)
+    second = run(3.0)
+    assert len(n_traces) == traced
+    assert not np.allclose(first.samples, second.samples)
+
+
 def test_diagnostics_with_constant_score():
     """A constant score c makes ‖s‖, the batch-mean term and, via the states, ‖x‖ and snr exact."""
     c, shape = 0.3, (16, 8, 8, 3)

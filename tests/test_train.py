@@ -38,7 +38,7 @@ def test_first_step_is_adam_and_ema_without_bias_correction():
     config, state, batch = setup(**{"model.ema_rate": 0.9})
     rng = jax.random.key(2)
     params0 = host_copy(state.params)
-    loss_fn = lambda p: losses.dsm_loss(get_score_fn(state.apply_fn, p), batch, state.sigmas, rng)
+    loss_fn = lambda p: losses.dsm_loss(get_score_fn(state.model, p), batch, state.sigmas, rng)
     expected_loss, grads = jax.value_and_grad(loss_fn)(state.params)
 
     new_state, metrics = train.train_step(state, batch, rng)
@@ -58,7 +58,7 @@ def test_weight_decay_is_added_to_the_gradient_as_torch_adam():
     config, state, batch = setup(**{"optim.weight_decay": 0.5})
     rng = jax.random.key(2)
     params0 = host_copy(state.params)
-    loss_fn = lambda p: losses.dsm_loss(get_score_fn(state.apply_fn, p), batch, state.sigmas, rng)
+    loss_fn = lambda p: losses.dsm_loss(get_score_fn(state.model, p), batch, state.sigmas, rng)
     grads = jax.grad(loss_fn)(state.params)
     new_state, _ = train.train_step(state, batch, rng)
     for p0, g, p1 in zip(*(jax.tree.leaves(t) for t in (params0, grads, new_state.params))):
@@ -71,9 +71,9 @@ def test_eval_step_scores_the_ema_params():
     _, state, batch = setup()
     rng = jax.random.key(5)
     state = state.replace(ema_params=jax.tree.map(lambda p: p * 1.5, state.params))
-    expected = losses.dsm_loss(get_score_fn(state.apply_fn, state.ema_params), batch, state.sigmas, rng)
+    expected = losses.dsm_loss(get_score_fn(state.model, state.ema_params), batch, state.sigmas, rng)
     np.testing.assert_allclose(train.eval_step(state, batch, rng)["loss"], expected, rtol=1e-5)
-    trained = losses.dsm_loss(get_score_fn(state.apply_fn, state.params), batch, state.sigmas, rng)
+    trained = losses.dsm_loss(get_score_fn(state.model, state.params), batch, state.sigmas, rng)
     assert abs(float(expected) - float(trained)) > 1e-3 * float(trained)
 
 
@@ -84,7 +84,7 @@ def test_training_lowers_the_loss():
     before = float(train.eval_step(state, batch, eval_key)["loss"])
     for step in range(30):
         state, _ = train.train_step(state, batch, jax.random.fold_in(key, step))
-    after = float(losses.dsm_loss(get_score_fn(state.apply_fn, state.params), batch, state.sigmas, eval_key))
+    after = float(losses.dsm_loss(get_score_fn(state.model, state.params), batch, state.sigmas, eval_key))
     # At initialisation the loss is about ½·D = 384; a working step must make clear progress.
     assert 0.5 * 768 * 0.5 < before < 0.5 * 768 * 2
     assert after < 0.7 * before

@@ -1,8 +1,10 @@
 """Score networks of the NCSNv2 family, chosen by `config.model.name`."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -28,9 +30,23 @@ def get_model(config: ml_collections.ConfigDict) -> RefineNetScore:
     return MODELS[name](ngf=config.model.ngf, channels=config.data.channels, dtype=COMPUTE_DTYPES[dtype_name])
 
 
-def get_score_fn(apply_fn: Callable[..., jax.Array], params: Any) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """s_θ(x, σ) for x (B, H, W, C) in [0, 1] and σ (B,), from `model.apply` and its params."""
-    return lambda x, sigma: apply_fn({"params": params}, x, sigma)
+@dataclasses.dataclass(frozen=True)
+class _ApplyWithParams:
+    # Equal (and equally hashed) for equal modules, unlike the bound method `model.apply`, whose
+    # equality is the module's identity: so a rebuilt but identical model reuses compilations.
+    model: nn.Module
+
+    def __call__(self, params: Any, x: jax.Array, sigma: jax.Array) -> jax.Array:
+        return self.model.apply({"params": params}, x, sigma)
+
+
+def get_score_fn(model: nn.Module, params: Any) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """s_θ(x, σ) for x (B, H, W, C) in [0, 1] and σ (B,), from a network and its params.
+
+    A `jax.tree_util.Partial`: passed to a jitted function (such as the samplers) the parameters are
+    traced arguments rather than compiled-in constants, so new parameters reuse the compilation.
+    """
+    return jax.tree_util.Partial(_ApplyWithParams(model), params)
 
 
 __all__ = ["MODELS", "NCSNv2", "NCSNv2Deeper", "NCSNv2Deepest", "RefineNetScore", "get_model", "get_score_fn"]
