@@ -31,6 +31,9 @@ def get_default_config() -> ml_collections.ConfigDict:
     training.log_freq = 100
     training.eval_freq = 100  # test loss with the EMA weights, as the official code
     training.snapshot_freq = 5_000  # checkpoint and a sample grid
+    training.snapshot_samples = 36  # images in each snapshot's grid, as the official code
+    training.keep_checkpoints = 3  # the latest checkpoints kept ...
+    training.keep_every = 50_000  # ... plus every checkpoint whose step is a multiple of this
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.lr = 1e-4
@@ -44,4 +47,13 @@ def get_default_config() -> ml_collections.ConfigDict:
     sampling.n_steps_each = 5
     sampling.step_lr = 6.2e-6
     sampling.denoise = True
+    sampling.num_samples = 100  # --mode sample
+    sampling.n_interpolations = 15  # --mode interpolate: columns per row
+    sampling.num_references = 8  # --mode inpaint and interpolate: test images used (grid rows)
+    sampling.completions_per_image = 7  # --mode inpaint: completions drawn for each test image
+
+    # --mode tune: technique 2's overlap target C. The paper states 0.5; the released configs'
+    # ladders correspond to about 0.567.
+    config.tune = tune = ml_collections.ConfigDict()
+    tune.overlap_target = 0.5
     return config

@@ -7,16 +7,21 @@ ladder σ1 > … > σL (as the official model carries it as a buffer), so a chec
 from __future__ import annotations
 
 import functools
+import os
+import time
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
+import tqdm
+from absl import logging
 from flax import struct
 
-from ncsn_jax import losses, schedule
+from ncsn_jax import images, losses, schedule
 from ncsn_jax.models import get_model, get_score_fn
 
 
@@ -120,3 +125,113 @@ def train_step(state: TrainState, batch: jax.Array, rng: jax.Array) -> tuple[Tra
     ema_params = jax.tree.map(lambda e, p: m * e + (1.0 - m) * p, state.ema_params, params)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params)
     return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the message names the step."""
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """The training loop: the one function here that does I/O.
+
+    Resumes from the latest checkpoint in `<workdir>/checkpoints` when there is one: the state (step,
+    parameters, Adam, EMA), the per-step keys (`fold_in(key, step)`) and the data position (a function of
+    the step) all continue exactly, so an interrupted run ends where an uninterrupted one would.
+    Logs the training loss every `log_freq` steps and the EMA test loss every `eval_freq` steps; saves a
+    checkpoint and a sample grid every `snapshot_freq` steps, at the end, and when the machine is being
+    preempted.
+
+    Returns:
+      The final train state.
+
+    Raises:
+      NonFiniteLossError: the loss became NaN/inf (the last checkpoint saved before it is kept).
+    """
+    # Imported here so that the pure step functions above import without the I/O stack.
+    from ncsn_jax import checkpoints, datasets, generate, metric_logging, parallel  # pylint: disable=import-outside-toplevel
+
+    training = config.training
+    mesh = parallel.data_mesh()
+    host_batch_size = parallel.per_host_batch_size(training.batch_size, mesh)
+    key = jax.random.key(config.seed)
+    init_key, step_key, eval_key, sample_key = jax.random.split(key, 4)
+
+    state = parallel.replicate(create_train_state(config, init_key), mesh)
+    checkpointer = checkpoints.Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        max_to_keep=training.keep_checkpoints,
+        keep_every=training.keep_every,
+    )
+    restored = checkpointer.restore_latest(state)
+    if restored is not None:
+        state = restored
+        logging.info("resuming from step %d", int(state.step))
+    start_step = int(state.step)
+
+    writer = metric_logging.MetricWriter(workdir)
+    train_batches = parallel.prefetch_to_mesh(
+        datasets.get_dataset(config, "train", host_batch_size, start_step=start_step), mesh
+    )
+    test_batches = parallel.prefetch_to_mesh(
+        datasets.get_dataset(config, "test", host_batch_size, start_step=start_step // training.eval_freq),
+        mesh,
+    )
+
+    window_losses: list[tuple[int, jax.Array]] = []
+    window_start = time.perf_counter()
+    progress = tqdm.tqdm(
+        total=training.n_iters, initial=start_step, desc="train", unit="step",
+        disable=jax.process_index() != 0, dynamic_ncols=True,
+    )
+    for step in range(start_step, training.n_iters):
+        state, metrics = train_step(state, next(train_batches), jax.random.fold_in(step_key, step))
+        window_losses.append((step + 1, metrics["loss"]))
+        done = step + 1
+        progress.update(1)
+
+        if done % training.log_freq == 0 or done == training.n_iters:
+            _raise_if_not_finite(window_losses)
+            elapsed = time.perf_counter() - window_start
+            steps_per_s = len(window_losses) / elapsed
+            writer.write(done, {
+                "train/loss": float(window_losses[-1][1]),
+                "train/steps_per_s": steps_per_s,
+                "train/images_per_s": steps_per_s * training.batch_size,
+            })
+            progress.set_postfix(loss=f"{float(window_losses[-1][1]):.4g}")
+            window_losses, window_start = [], time.perf_counter()
+
+        if done % training.eval_freq == 0:
+            eval_metrics = eval_step(state, next(test_batches), jax.random.fold_in(eval_key, done))
+            writer.write(done, {"test/loss_ema": float(eval_metrics["loss"])})
+
+        preempted = checkpointer.reached_preemption(done)
+        if done % training.snapshot_freq == 0 or done == training.n_iters or preempted:
+            _raise_if_not_finite(window_losses)  # never save a state that has gone non-finite
+            checkpointer.save(done, state, force=True)
+            if jax.process_index() == 0 or preempted:
+                logging.info("saved checkpoint at step %d", done)
+            if not preempted:
+                samples = generate.draw_samples(
+                    state, config, jax.random.fold_in(sample_key, done), training.snapshot_samples, mesh,
+                    progress_bar=False,
+                )
+                if jax.process_index() == 0:
+                    images.save_grid(samples, os.path.join(workdir, "samples", f"samples_{done:07d}.png"))
+        if preempted:
+            logging.warning("preemption signalled: saved step %d and stopping", done)
+            break
+    progress.close()
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+    writer.close()
+    return state
+
+
+def _raise_if_not_finite(losses_by_step: list[tuple[int, jax.Array]]) -> None:
+    for step, loss in losses_by_step:
+        if not np.isfinite(float(loss)):
+            raise NonFiniteLossError(
+                f"the training loss is {float(loss)} at step {step}; the checkpoints saved before it are "
+                "kept. Lower --config.optim.lr or check the data (pixel values must lie in [0, 1])."
+            )
