@@ -4,6 +4,7 @@ Each dataset config starts from `get_default_config()` and sets what differs: th
 noise ladder (σ1 = sigma_begin, σL = sigma_end, L = num_scales), T = n_steps_each and ε = step_lr.
 """
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_default_config() -> ml_collections.ConfigDict:
@@ -14,7 +15,9 @@ def get_default_config() -> ml_collections.ConfigDict:
     data.dataset = ""
     data.image_size = 32
     data.channels = 3
-    data.random_flip = True
+    data.random_flip = True  # train split only
+    data.path = ""  # ffhq, image_folder, LSUN (LMDB or images): see ncsn_jax/datasets.py
+    data.tfds_data_dir = config_dict.placeholder(str)  # None: TFDS's default, ~/tensorflow_datasets
 
     config.model = model = ml_collections.ConfigDict()
     model.name = "ncsnv2"
