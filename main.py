@@ -30,7 +30,9 @@ FLAGS = flags.FLAGS
 USER_ERRORS = (ValueError, FileNotFoundError, ImportError, train.NonFiniteLossError)
 
 
-def run(config, workdir: str, mode: str) -> None:
+def run(config, workdir: str, mode: str, checkpoint_step: int | None = None,
+        official_checkpoint: str | None = None) -> None:
+    """Checks the config, then does what `mode` says (see the module docstring)."""
     config_checks.check_config(config)
     if mode == "tune":
         tuned = tune.tune(config)
@@ -41,7 +43,7 @@ def run(config, workdir: str, mode: str) -> None:
     if mode == "train":
         train.train_and_evaluate(config, workdir)
     else:
-        generate.run_mode(config, workdir, mode, FLAGS.checkpoint_step, FLAGS.official_checkpoint)
+        generate.run_mode(config, workdir, mode, checkpoint_step, official_checkpoint)
 
 
 def main(argv):
@@ -51,7 +53,7 @@ def main(argv):
         jax.distributed.initialize()
     logging.info("JAX process %d of %d, %d devices", jax.process_index(), jax.process_count(), jax.device_count())
     try:
-        run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+        run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.checkpoint_step, FLAGS.official_checkpoint)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)

@@ -67,9 +67,9 @@ def load_for_sampling(
         else:
             restored = None
     if restored is None:
-        wanted = "a checkpoint" if step is None else f"a checkpoint of step {step} (have {available})"
+        wanted = "no checkpoint" if step is None else f"no checkpoint of step {step} (have {available})"
         raise CheckpointNotFoundError(
-            f"no {wanted} in {directory}: train first with --mode train, choose an existing step, or "
+            f"{wanted} in {directory}: train first with --mode train, choose an existing step, or "
             "pass --official_checkpoint=PATH"
         )
     return restored

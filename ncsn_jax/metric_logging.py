@@ -12,8 +12,8 @@ from absl import logging
 class MetricWriter:
     """Writes scalar metrics to the log, `<workdir>/metrics.jsonl` and TensorBoard event files.
 
-    TensorBoard needs TensorFlow's summary writer; without TensorFlow (e.g. a GPU machine that has only
-    JAX) the event files are skipped with one warning and the other outputs are unchanged. On hosts other
+    TensorBoard event files are written with tensorboardX, which needs no TensorFlow (so it works on a
+    machine that has only JAX); without tensorboardX they are skipped with one warning. On hosts other
     than process 0 every call does nothing, so multi-host runs write one copy.
     """
 
@@ -26,12 +26,11 @@ class MetricWriter:
         os.makedirs(workdir, exist_ok=True)
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
         try:
-            import tensorflow as tf  # pylint: disable=import-outside-toplevel
+            import tensorboardX  # pylint: disable=import-outside-toplevel
 
-            tf.config.set_visible_devices([], "GPU")  # TensorFlow must not take accelerator memory
-            self._summary_writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+            self._summary_writer = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
         except ImportError:
-            logging.warning("TensorFlow is not installed: no TensorBoard event files (metrics.jsonl is written)")
+            logging.warning("tensorboardX is not installed: no TensorBoard event files (metrics.jsonl is written)")
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
         """Records `metrics` (name → number) at `step`."""
@@ -42,11 +41,8 @@ class MetricWriter:
         self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
         self._jsonl.flush()
         if self._summary_writer is not None:
-            import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
-            with self._summary_writer.as_default(step=step):
-                for name, value in values.items():
-                    tf.summary.scalar(name, value)
+            for name, value in values.items():
+                self._summary_writer.add_scalar(name, value, step)
             self._summary_writer.flush()
 
     def close(self) -> None:

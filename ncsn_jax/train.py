@@ -183,48 +183,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         total=training.n_iters, initial=start_step, desc="train", unit="step",
         disable=jax.process_index() != 0, dynamic_ncols=True,
     )
-    for step in range(start_step, training.n_iters):
-        state, metrics = train_step(state, next(train_batches), jax.random.fold_in(step_key, step))
-        window_losses.append((step + 1, metrics["loss"]))
-        done = step + 1
-        progress.update(1)
+    try:
+        for step in range(start_step, training.n_iters):
+            state, metrics = train_step(state, next(train_batches), jax.random.fold_in(step_key, step))
+            window_losses.append((step + 1, metrics["loss"]))
+            done = step + 1
+            progress.update(1)
 
-        if done % training.log_freq == 0 or done == training.n_iters:
-            _raise_if_not_finite(window_losses)
-            elapsed = time.perf_counter() - window_start
-            steps_per_s = len(window_losses) / elapsed
-            writer.write(done, {
-                "train/loss": float(window_losses[-1][1]),
-                "train/steps_per_s": steps_per_s,
-                "train/images_per_s": steps_per_s * training.batch_size,
-            })
-            progress.set_postfix(loss=f"{float(window_losses[-1][1]):.4g}")
-            window_losses, window_start = [], time.perf_counter()
+            if done % training.log_freq == 0 or done == training.n_iters:
+                _raise_if_not_finite(window_losses)
+                elapsed = time.perf_counter() - window_start
+                steps_per_s = len(window_losses) / elapsed
+                writer.write(done, {
+                    "train/loss": float(window_losses[-1][1]),
+                    "train/steps_per_s": steps_per_s,
+                    "train/images_per_s": steps_per_s * training.batch_size,
+                })
+                progress.set_postfix(loss=f"{float(window_losses[-1][1]):.4g}")
+                window_losses, window_start = [], time.perf_counter()
 
-        if done % training.eval_freq == 0:
-            eval_metrics = eval_step(state, next(test_batches), jax.random.fold_in(eval_key, done))
-            writer.write(done, {"test/loss_ema": float(eval_metrics["loss"])})
+            if done % training.eval_freq == 0:
+                eval_metrics = eval_step(state, next(test_batches), jax.random.fold_in(eval_key, done))
+                writer.write(done, {"test/loss_ema": float(eval_metrics["loss"])})
 
-        preempted = checkpointer.reached_preemption(done)
-        if done % training.snapshot_freq == 0 or done == training.n_iters or preempted:
-            _raise_if_not_finite(window_losses)  # never save a state that has gone non-finite
-            checkpointer.save(done, state, force=True)
-            if jax.process_index() == 0 or preempted:
+            preempted = checkpointer.reached_preemption(done)
+            if done % training.snapshot_freq == 0 or done == training.n_iters or preempted:
+                _raise_if_not_finite(window_losses)  # never save a state that has gone non-finite
+                checkpointer.save(done, state, force=True)
                 logging.info("saved checkpoint at step %d", done)
-            if not preempted:
-                samples = generate.draw_samples(
-                    state, config, jax.random.fold_in(sample_key, done), training.snapshot_samples, mesh,
-                    progress_bar=False,
-                )
-                if jax.process_index() == 0:
-                    images.save_grid(samples, os.path.join(workdir, "samples", f"samples_{done:07d}.png"))
-        if preempted:
-            logging.warning("preemption signalled: saved step %d and stopping", done)
-            break
-    progress.close()
-    checkpointer.wait_until_finished()
-    checkpointer.close()
-    writer.close()
+                if not preempted:
+                    samples = generate.draw_samples(
+                        state, config, jax.random.fold_in(sample_key, done), training.snapshot_samples, mesh,
+                        progress_bar=False,
+                    )
+                    if jax.process_index() == 0:
+                        images.save_grid(samples, os.path.join(workdir, "samples", f"samples_{done:07d}.png"))
+            if preempted:
+                logging.warning("preemption signalled: saved step %d and stopping", done)
+                break
+    finally:
+        progress.close()
+        # Also on errors, so that a save in flight is completed rather than lost.
+        checkpointer.wait_until_finished()
+        checkpointer.close()
+        writer.close()
     return state
 
 

@@ -1,0 +1,266 @@
+"""Saving and restoring the train state with Orbax: asynchronous, sharding-aware, robust to damage.
+
+A `Checkpointer` owns one directory of step checkpoints (`<directory>/<step>/state`), written by
+`orbax.checkpoint.CheckpointManager` with the standard pytree handler. What it adds to the manager:
+
+- retention as this project wants it: the latest `max_to_keep` checkpoints plus every one whose step is a
+  multiple of `keep_every` (kept for later FID sweeps);
+- restoring onto a template state: the arrays take the template's shapes and shardings (e.g. replicated
+  over a device mesh), the static fields (network, optimiser, EMA rate) come from the template;
+- a template of a different network is refused with an error that says what to do, before any array is
+  read;
+- a damaged latest checkpoint is reported and the one before it is used; nothing on disk is deleted.
+
+Saving is asynchronous: `save` returns once Orbax holds the arrays in host memory (it copies them device
+to host before returning), so the caller may donate the state's buffers to the next train step at once;
+the files are written in a background thread.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
+
+from ncsn_jax.train import TrainState
+
+_STATE = "state"
+# Orbax names a step directory by the bare step number; a set-aside damaged checkpoint gets this suffix,
+# which Orbax does not read as a step.
+_UNREADABLE_SUFFIX = ".unreadable"
+
+
+class UnreadableCheckpointError(RuntimeError):
+    """A checkpoint's files are damaged or missing; the message names the step and the reason."""
+
+
+class Checkpointer:
+    """Saves and restores `TrainState`s in one directory of step checkpoints.
+
+    Usable as a context manager, which waits for pending saves and closes on exit. All hosts must make
+    the same calls in the same order (Orbax synchronises them).
+
+    Args:
+      directory: where the step checkpoints live (created when missing), e.g. `<workdir>/checkpoints`.
+      max_to_keep: the number of latest checkpoints kept; older ones are deleted after each save unless
+        `keep_every` keeps them.
+      keep_every: also keep, forever, every checkpoint whose step is a multiple of this; 0 or None: none.
+      async_save: write the files in a background thread (`save` returns after the device-to-host copy).
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        max_to_keep: int = 3,
+        keep_every: int | None = None,
+        async_save: bool = True,
+    ):
+        if max_to_keep < 1:
+            raise ValueError(f"max_to_keep must be at least 1, got {max_to_keep}")
+        if keep_every is not None and keep_every < 0:
+            raise ValueError(f"keep_every must be positive (or 0/None for none), got {keep_every}")
+        policies = ocp.checkpoint_managers
+        keep = [policies.LatestN(max_to_keep)]
+        if keep_every:
+            keep.append(policies.EveryNSteps(keep_every))
+        self._manager = ocp.CheckpointManager(
+            os.fspath(directory),
+            item_handlers={_STATE: ocp.StandardCheckpointHandler()},
+            options=ocp.CheckpointManagerOptions(
+                preservation_policy=policies.AnyPreservationPolicy(keep),
+                enable_async_checkpointing=async_save,
+            ),
+        )
+        # Steps that `restore_latest` found damaged and skipped; set aside at the next save (see `save`).
+        self._unreadable: list[int] = []
+
+    @property
+    def directory(self) -> str:
+        """The directory of step checkpoints."""
+        return os.fspath(self._manager.directory)
+
+    def all_steps(self) -> list[int]:
+        """The steps of the checkpoints on disk, ascending (interrupted saves are not checkpoints)."""
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        """The newest checkpoint's step, or None when there is none."""
+        return self._manager.latest_step()
+
+    def save(self, step: int, state: TrainState, *, force: bool = False) -> bool:
+        """Starts writing the arrays of `state` as the checkpoint of `step`.
+
+        Returns once the arrays are copied to host memory, so `state` may be donated to the next train
+        step right away; the files are written in the background (see `wait_until_finished`). Damaged
+        checkpoints that `restore_latest` skipped are first moved aside to `<step>.unreadable-<time>`, so
+        that this run can write those steps again.
+
+        Args:
+          step: the checkpoint's label, normally `int(state.step)`.
+          state: the train state; its array fields are saved, its static fields are not.
+          force: write even when a checkpoint of a later step exists; without it such a call, or one for
+            a step already saved, writes nothing and returns False.
+
+        Returns:
+          Whether a checkpoint was started.
+
+        Raises:
+          ValueError: (Orbax's StepAlreadyExistsError) `force` and a checkpoint of `step` exists: steps are
+            never overwritten.
+        """
+        self._set_aside_unreadable()
+        return self._manager.save(step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state)}),
+                                  force=force)
+
+    def restore(self, step: int, template: TrainState) -> TrainState:
+        """The checkpoint of `step`, with the arrays placed as in `template`.
+
+        Args:
+          step: a step of `all_steps()`.
+          template: a train state of the same network; its arrays (or `jax.ShapeDtypeStruct`s with
+            shardings) give the shapes, dtypes and shardings of the result, its static fields are kept.
+
+        Raises:
+          FileNotFoundError: there is no checkpoint of `step`.
+          ValueError: the checkpoint holds a different network than `template`.
+          UnreadableCheckpointError: the checkpoint's files are damaged.
+        """
+        steps = self.all_steps()
+        if step not in steps:
+            raise FileNotFoundError(f"no checkpoint of step {step} in {self.directory} (have {steps})")
+        return self._restore(step, template)
+
+    def restore_latest(self, template: TrainState) -> TrainState | None:
+        """The newest readable checkpoint, with the arrays placed as in `template`; None when there is none.
+
+        A damaged checkpoint is skipped with a warning that names its step and the reason, and the one
+        before it is tried; nothing is deleted. Directories left by interrupted saves are ignored, with a
+        warning.
+
+        Args:
+          template: as for `restore`.
+
+        Raises:
+          ValueError: the checkpoints hold a different network than `template`.
+          UnreadableCheckpointError: checkpoints exist but none can be read.
+        """
+        for leftover in ocp.step.all_temporary_paths(self._manager.directory):
+            logging.warning("ignoring %s: not a finished checkpoint but a save in progress or, if none is, "
+                            "one that was interrupted (then delete it to free the space)", leftover.get())
+        unreadable = []
+        for step in reversed(self.all_steps()):
+            try:
+                state = self._restore(step, template)
+            except UnreadableCheckpointError as error:
+                logging.warning("%s; trying the checkpoint before it. It stays on disk and is moved aside "
+                                "to %d%s-<time> when this run saves again.", error, step, _UNREADABLE_SUFFIX)
+                unreadable.append(step)
+                continue
+            self._unreadable = unreadable
+            return state
+        if unreadable:
+            raise UnreadableCheckpointError(
+                f"none of the checkpoints in {self.directory} can be read (steps {sorted(unreadable)}; the "
+                "warnings above give the reasons). Move them out of the directory to start afresh, or use "
+                "a new --workdir."
+            )
+        return None
+
+    def reached_preemption(self, step: int) -> bool:
+        """Whether every host should save at `step` and stop, because the job is being preempted.
+
+        JAX turns a preemption notice (SIGTERM, TPU maintenance) that reaches any host into one step that
+        every host reaches, so call this at every step with the same step on every host. The notices go
+        through JAX's distributed runtime: this is always False unless `jax.distributed.initialize()` ran.
+        """
+        return self._manager.reached_preemption(step)
+
+    def wait_until_finished(self) -> None:
+        """Blocks until every started save is on disk; raises the error of a failed one."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for pending saves and releases the manager's threads."""
+        self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def _restore(self, step: int, template: TrainState) -> TrainState:
+        """Restores `step`: UnreadableCheckpointError for damage, ValueError for another network."""
+
+        def unreadable(error: Exception) -> UnreadableCheckpointError:
+            return UnreadableCheckpointError(
+                f"checkpoint {step} in {self.directory} cannot be read: {type(error).__name__}: {error}")
+
+        # Orbax and TensorStore raise ValueError, KeyError, OSError, ... depending on which file is damaged
+        # and how, so any failure to read counts as damage; whether the network matches is decided from
+        # the saved shapes, between the two reads, so that a mismatch is never mistaken for damage.
+        try:
+            saved = self._manager.item_metadata(step)[_STATE]
+            if saved is None:
+                raise FileNotFoundError(f"its '{_STATE}' item is missing")
+            saved_arrays = ocp.tree.to_flat_dict(saved.tree)
+        except Exception as error:  # pylint: disable=broad-exception-caught
+            raise unreadable(error) from error
+        _check_same_network(step, self.directory, saved_arrays, template)
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+        try:
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(target)}))
+        except Exception as error:  # pylint: disable=broad-exception-caught
+            raise unreadable(error) from error
+        return restored[_STATE]
+
+    def _set_aside_unreadable(self) -> None:
+        """Moves the damaged checkpoints skipped by `restore_latest` out of Orbax's sight (not deleted).
+
+        They are newer than the restored step, so left in place they would block this run's saves of the
+        same steps (Orbax never overwrites a step) and count towards `max_to_keep`.
+        """
+        if not self._unreadable:
+            return
+        if jax.process_index() == 0:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            for step in self._unreadable:
+                source = self._manager.directory / str(step)
+                target = source.parent / f"{step}{_UNREADABLE_SUFFIX}-{stamp}"
+                source.rename(target)
+                logging.warning("moved the unreadable checkpoint %d aside to %s", step, target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("ncsn_jax.checkpoints.set_aside_unreadable")
+        self._manager.reload()
+        self._unreadable = []
+
+
+def _check_same_network(step: int, directory: str, saved_arrays: dict[tuple[str, ...], Any],
+                        template: TrainState) -> None:
+    """Raises ValueError naming the differences when the saved arrays are not those of `template`."""
+    wanted = ocp.tree.to_flat_dict(ocp.tree.serialize_tree(template))
+    differences = []
+    for path in sorted(wanted.keys() | saved_arrays.keys(), key=str):
+        name = ".".join(map(str, path))
+        if path not in saved_arrays:
+            differences.append(f"the checkpoint lacks {name}")
+        elif path not in wanted:
+            differences.append(f"{name} is not in the config's model")
+        else:
+            have, want = saved_arrays[path], wanted[path]
+            if tuple(have.shape) != tuple(want.shape) or have.dtype != want.dtype:
+                differences.append(f"{name} is {have.dtype}{list(have.shape)}, "
+                                   f"the config's model has {want.dtype}{list(want.shape)}")
+    if differences:
+        more = len(differences) - 3
+        shown = "; ".join(differences[:3]) + (f"; and {more} more" if more > 0 else "")
+        raise ValueError(
+            f"{directory} holds checkpoints of a different model than the config's (step {step}: {shown}). "
+            "Use a new --workdir for this config, or run with the config those checkpoints were trained with."
+        )
