@@ -55,10 +55,12 @@ def saved_params(workdir, step, config):
         return checkpointer.restore(step, template)
 
 
-def assert_same_state(a, b, rtol=0.0, atol=0.0):
-    for x, y in zip(jax.tree.leaves((a.params, a.ema_params, a.opt_state)),
-                    jax.tree.leaves((b.params, b.ema_params, b.opt_state))):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+def assert_same_state(a, b, params_atol=0.0, moments_rtol=0.0):
+    for x, y in zip(jax.tree.leaves((a.params, a.ema_params)), jax.tree.leaves((b.params, b.ema_params))):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=params_atol)
+    for x, y in zip(jax.tree.leaves(a.opt_state), jax.tree.leaves(b.opt_state)):
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        assert np.linalg.norm(x - y) <= moments_rtol * np.linalg.norm(y)
 
 
 def test_train_then_sample_inpaint_interpolate_on_mnist(tmp_path):
@@ -127,12 +129,14 @@ def test_killed_run_resumes_exactly(tmp_path):
 
 def test_four_devices_match_one_device(tmp_path):
     # The same global batch and keys on 1 device (subprocess) and on 4 (here): equal up to the order of
-    # floating-point reductions, far below one Adam step (lr = 1e-4 per step per parameter).
+    # floating-point reductions. Parameters agree far below one Adam step (lr = 1e-4 per parameter);
+    # Adam's moments, which follow the gradients themselves, to 1% in norm per array (gradients of a
+    # quarter of the batch, say, would differ by tens of percent).
     assert run_main(tmp_path / "one", devices=1).returncode == 0
     config = tiny_mnist()
     train.train_and_evaluate(config, str(tmp_path / "four"))
     assert_same_state(saved_params(tmp_path / "four", 6, config), saved_params(tmp_path / "one", 6, config),
-                      atol=1e-5)
+                      params_atol=1e-5, moments_rtol=1e-2)
 
 
 @pytest.mark.parametrize("mode, overrides, message", [
