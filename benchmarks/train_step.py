@@ -1,12 +1,17 @@
-"""Times the jitted training step and one score evaluation (forward pass) of a config's network.
+"""Training and sampling speed of a config's network on every device present, and peak memory.
 
     python benchmarks/train_step.py --config configs/cifar10.py --batch_size 8
 
-Prints one JSON line: compile times, and the median of `--repeats` timed calls after one warm-up call.
-Config fields can be overridden as in main.py, e.g. `--config.model.dtype=bfloat16`.
+Prints one JSON line: compile times; the median of `--repeats` timed calls (after one warm-up call) of
+the jitted training step and of one score evaluation (forward pass), with the global batch sharded over
+all devices as in training; training throughput in images/s (in all and per device); sampler throughput
+in score evaluations per second (one image through the network = one evaluation), timed over a short
+annealed Langevin run; and peak memory (the accelerator's peak bytes in use, or the process's peak
+resident memory on CPU). Config fields can be overridden as in main.py, e.g. `--config.model.dtype=bfloat16`.
 """
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -18,12 +23,12 @@ import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from ncsn_jax import train  # noqa: E402
-from ncsn_jax.models import get_score_fn  # noqa: E402
+from ncsn_jax import parallel, sampling, train  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/cifar10.py.", lock_config=True)
-flags.DEFINE_integer("batch_size", 8, "Images per step.")
+flags.DEFINE_integer("batch_size", 8, "Global images per step (divisible by the device count).")
 flags.DEFINE_integer("repeats", 5, "Timed calls after the warm-up call (median reported).")
+flags.DEFINE_integer("sampler_levels", 4, "Noise levels of the timed sampler run (T steps each).")
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 
@@ -38,11 +43,22 @@ def median_seconds(fn, repeats):
     return statistics.median(times)
 
 
+def peak_memory_bytes():
+    stats = [device.memory_stats() or {} for device in jax.local_devices()]
+    peaks = [s["peak_bytes_in_use"] for s in stats if "peak_bytes_in_use" in s]
+    if peaks:
+        return {"peak_device_bytes": max(peaks)}
+    return {"peak_host_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
 def main(_):
     config = FLAGS.config
     size, channels, batch_size = config.data.image_size, config.data.channels, FLAGS.batch_size
-    state = train.create_train_state(config, jax.random.key(0))
-    batch = jax.random.uniform(jax.random.key(1), (batch_size, size, size, channels))
+    mesh = parallel.data_mesh()
+    parallel.per_host_batch_size(batch_size, mesh, "batch_size")
+    state = parallel.replicate(train.create_train_state(config, jax.random.key(0)), mesh)
+    batch = jax.device_put(jax.random.uniform(jax.random.key(1), (batch_size, size, size, channels)),
+                           parallel.batch_sharding(mesh))
     rng = jax.random.key(2)
 
     start = time.perf_counter()
@@ -54,16 +70,30 @@ def main(_):
         state, metrics = compiled_step(state, batch, rng)
         jax.block_until_ready(metrics)
 
-    score = jax.jit(lambda params, x, sigma: get_score_fn(state.model, params)(x, sigma))
-    sigma = jnp.full((batch_size,), config.model.sigma_end)
+    score = jax.jit(lambda score_fn, x, sigma: score_fn(x, sigma))
+    sigma = jax.device_put(jnp.full((batch_size,), config.model.sigma_end), parallel.batch_sharding(mesh))
     start = time.perf_counter()
-    compiled_score = score.lower(state.params, batch, sigma).compile()
+    compiled_score = score.lower(state.score_fn(), batch, sigma).compile()
     score_compile_s = time.perf_counter() - start
 
     train_step_s = median_seconds(run_train_step, FLAGS.repeats)
     score_eval_s = median_seconds(
-        lambda: jax.block_until_ready(compiled_score(state.params, batch, sigma)), FLAGS.repeats
+        lambda: jax.block_until_ready(compiled_score(state.score_fn(), batch, sigma)), FLAGS.repeats
     )
+
+    levels = state.sigmas[:: max(1, state.sigmas.shape[0] // FLAGS.sampler_levels)][: FLAGS.sampler_levels]
+    n_steps = config.sampling.n_steps_each
+
+    def run_sampler():
+        out = sampling.annealed_langevin_dynamics(
+            state.score_fn(), rng, batch, levels, n_steps_each=n_steps, step_lr=config.sampling.step_lr,
+            denoise=True,
+        )
+        jax.block_until_ready(out.samples)
+
+    sampler_s = median_seconds(run_sampler, max(1, FLAGS.repeats // 2))
+    evaluations = batch_size * (levels.shape[0] * n_steps + 1)
+    devices = jax.device_count()
     print(json.dumps({
         "benchmark": "train_step",
         "model": config.model.name,
@@ -72,14 +102,17 @@ def main(_):
         "dtype": config.model.dtype,
         "batch_size": batch_size,
         "backend": jax.default_backend(),
-        "device_count": jax.device_count(),
+        "device_count": devices,
         "device_kind": jax.devices()[0].device_kind,
         "train_compile_s": round(train_compile_s, 3),
         "train_step_s": round(train_step_s, 4),
         "score_compile_s": round(score_compile_s, 3),
         "score_eval_s": round(score_eval_s, 4),
-        "images_per_s_train": round(batch_size / train_step_s, 2),
+        "train_images_per_s": round(batch_size / train_step_s, 2),
+        "train_images_per_s_per_device": round(batch_size / train_step_s / devices, 2),
+        "sampler_score_evals_per_s": round(evaluations / sampler_s, 2),
         "repeats": FLAGS.repeats,
+        **peak_memory_bytes(),
     }))
 
 
