@@ -153,6 +153,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     training = config.training
     mesh = parallel.data_mesh()
     host_batch_size = parallel.per_host_batch_size(training.batch_size, mesh)
+    parallel.per_host_batch_size(config.sampling.batch_size, mesh, "sampling.batch_size")  # fail now, not at the first snapshot
     key = jax.random.key(config.seed)
     init_key, step_key, eval_key, sample_key = jax.random.split(key, 4)
 
