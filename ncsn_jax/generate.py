@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Iterator
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -75,14 +73,6 @@ def load_for_sampling(
     return restored
 
 
-def _global_batches(total: int, config: ml_collections.ConfigDict, mesh: Mesh) -> Iterator[int]:
-    """Sizes of the global batches covering `total` images, each a multiple of the device count."""
-    batch = parallel.per_host_batch_size(config.sampling.batch_size, mesh, "sampling.batch_size")
-    batch *= jax.process_count()
-    for start in range(0, total, batch):
-        yield min(batch, total - start)
-
-
 def _round_up(n: int, multiple: int) -> int:
     return math.ceil(n / multiple) * multiple
 
@@ -112,19 +102,20 @@ def draw_samples(
     Returns:
       (num_samples, H, W, C) float32, unclamped (clamp only for display).
     """
-    size, channels = config.data.image_size, config.data.channels
-    devices = mesh.devices.size
+    batch = config.sampling.batch_size
+    parallel.per_host_batch_size(batch, mesh, "sampling.batch_size")  # must divide over the devices
+    shape = (batch, config.data.image_size, config.data.image_size, config.data.channels)
     outputs = []
-    sizes = list(_global_batches(num_samples, config, mesh))
-    for index, batch in enumerate(tqdm.tqdm(sizes, desc="sample", unit="batch", disable=not progress_bar)):
+    # Every batch is full, the last one trimmed afterwards: one shape, so the sampler compiles once.
+    for index in tqdm.trange(math.ceil(num_samples / batch), desc="sample", unit="batch", disable=not progress_bar):
         batch_rng = jax.random.fold_in(rng, index)
-        x_init = _sharded_uniform(jax.random.fold_in(batch_rng, 0), (_round_up(batch, devices), size, size, channels), mesh)
+        x_init = _sharded_uniform(jax.random.fold_in(batch_rng, 0), shape, mesh)
         out = sampling.annealed_langevin_dynamics(
             state.score_fn(), jax.random.fold_in(batch_rng, 1), x_init, state.sigmas,
             n_steps_each=config.sampling.n_steps_each, step_lr=config.sampling.step_lr,
             denoise=config.sampling.denoise,
         )
-        outputs.append(_gather(out.samples, batch))
+        outputs.append(_gather(out.samples, min(batch, num_samples - index * batch)))
     return np.concatenate(outputs)
 
 

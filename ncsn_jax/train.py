@@ -1,6 +1,7 @@
-"""Train state and the pure, jit-compiled training and evaluation steps.
+"""Train state, the pure jit-compiled training and evaluation steps, and the training loop.
 
-The state carries the parameters, the Adam state, the EMA of the parameters (technique 5) and the noise
+The steps are pure functions of arrays and keys; `train_and_evaluate` is the one function that does I/O
+(data, checkpoints, logs, sample grids). The state carries the parameters, the Adam state, the EMA of the parameters (technique 5) and the noise
 ladder σ1 > … > σL (as the official model carries it as a buffer), so a checkpoint is self-describing and
 `train_step(state, batch, rng)` needs nothing else.
 """
