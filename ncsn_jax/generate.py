@@ -7,8 +7,10 @@ of `config.sampling.batch_size` split over the ('data',) mesh.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -77,10 +79,10 @@ def _round_up(n: int, multiple: int) -> int:
     return math.ceil(n / multiple) * multiple
 
 
-def _sharded_uniform(rng: jax.Array, shape: tuple[int, ...], mesh: Mesh) -> jax.Array:
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _sharded_uniform(rng: jax.Array, shape: tuple[int, ...], sharding: jax.sharding.Sharding) -> jax.Array:
     """U[0, 1) initial states created directly with the batch sharding (no host round trip)."""
-    init = jax.jit(sampling.uniform_init, static_argnums=1, out_shardings=parallel.batch_sharding(mesh))
-    return init(rng, shape)
+    return jax.lax.with_sharding_constraint(sampling.uniform_init(rng, shape), sharding)
 
 
 def _gather(x: jax.Array, count: int) -> np.ndarray:
@@ -109,7 +111,7 @@ def draw_samples(
     # Every batch is full, the last one trimmed afterwards: one shape, so the sampler compiles once.
     for index in tqdm.trange(math.ceil(num_samples / batch), desc="sample", unit="batch", disable=not progress_bar):
         batch_rng = jax.random.fold_in(rng, index)
-        x_init = _sharded_uniform(jax.random.fold_in(batch_rng, 0), shape, mesh)
+        x_init = _sharded_uniform(jax.random.fold_in(batch_rng, 0), shape, parallel.batch_sharding(mesh))
         out = sampling.annealed_langevin_dynamics(
             state.score_fn(), jax.random.fold_in(batch_rng, 1), x_init, state.sigmas,
             n_steps_each=config.sampling.n_steps_each, step_lr=config.sampling.step_lr,
@@ -151,7 +153,7 @@ def inpaint(
     repeated = np.concatenate([repeated, repeated[: padded - count]]) if padded > count else repeated
     sharding = parallel.batch_sharding(mesh)
     reference = jax.device_put(repeated, sharding)
-    x_init = _sharded_uniform(jax.random.fold_in(rng, 0), repeated.shape, mesh)
+    x_init = _sharded_uniform(jax.random.fold_in(rng, 0), repeated.shape, sharding)
     out = sampling.annealed_langevin_inpainting(
         state.score_fn(), jax.random.fold_in(rng, 1), x_init, reference, jnp.asarray(mask), state.sigmas,
         n_steps_each=config.sampling.n_steps_each, step_lr=config.sampling.step_lr,
