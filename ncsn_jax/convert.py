@@ -5,8 +5,8 @@ The Flax modules carry the official module names, so the conversion is a renamin
   `refine2.adapt_convs.1.2_1_conv.weight` → `refine2/adapt_convs_1/2_1_conv/kernel`
   `res2.0.shortcut.conv.bias`            → `res2_0/shortcut/conv/bias`
   `res1.0.normalize1.alpha`              → `res1_0/normalize1/alpha`
-i.e. a list index joins the name before it with `_`. The NumPy conversion needs no torch; only reading a
-`.pth` file does, and torch is imported there alone.
+i.e. a list index joins the name before it with `_`. Neither the conversion nor reading the `.pth` file
+needs torch (see `ncsn_jax.torch_files`).
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
+
+from ncsn_jax.torch_files import load_torch_file
 
 Params = dict[str, Any]
 
@@ -129,22 +131,12 @@ def load_official_checkpoint(
       (params, sigmas): Flax params, and the σ table stored in the model state (None if absent).
 
     Raises:
-      ImportError: torch is not installed (it is needed only to read .pth files).
       FileNotFoundError: no such file.
-      ValueError: the file is not an NCSNv2 checkpoint or does not fit `template`.
+      ValueError: the file is damaged, not an NCSNv2 checkpoint, or does not fit `template`.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no official checkpoint at {path}")
-    try:
-        import torch  # pylint: disable=import-outside-toplevel
-    except ImportError as e:
-        raise ImportError(
-            "reading an official .pth checkpoint needs PyTorch: pip install torch (the CPU build is enough)"
-        ) from e
-    try:
-        contents = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several unrelated types for a damaged or foreign file
-        raise ValueError(f"{path} could not be read as a PyTorch checkpoint: {e}") from e
+    contents = load_torch_file(path)
 
     if isinstance(contents, Mapping):
         model_state, ema_state = contents, None
@@ -155,7 +147,7 @@ def load_official_checkpoint(
         raise ValueError(f"{path} is neither an NCSNv2 checkpoint list nor a state_dict")
 
     def to_numpy(state):
-        return {k: v.detach().cpu().numpy() for k, v in state.items() if hasattr(v, "detach")}
+        return {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
 
     chosen = ema_state if (use_ema and ema_state) else model_state
     params = from_official(to_numpy(chosen), template)

@@ -1,10 +1,12 @@
 """Official PyTorch weights → Flax: the converted network reproduces the official outputs."""
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ncsn_jax import convert, losses, sampling
+from ncsn_jax import convert, losses, sampling, schedule
 from ncsn_jax.models import NCSNv2, get_score_fn
 from tests.fixtures import nhwc, official_state_dict, reference
 
@@ -73,6 +75,20 @@ def test_weights_for_another_network_are_a_clear_error():
 def test_missing_checkpoint_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no official checkpoint"):
         convert.load_official_checkpoint(tmp_path / "checkpoint_5000.pth")
+
+
+def test_official_checkpoint_file_reads_without_torch():
+    # An official-format checkpoint of an ngf-4 NCSNv2 (tests/data/README.md): [model state with the
+    # `module.` prefix and σ buffer, Adam state, epoch, step, EMA state = 2 × model weights].
+    path = pathlib.Path(__file__).parent / "data" / "official_checkpoint_ngf4.pth"
+    small = jax.eval_shape(NCSNv2(ngf=4).init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.ones((1,)))
+    ema_params, sigmas = convert.load_official_checkpoint(path, template=small["params"])
+    raw_params, _ = convert.load_official_checkpoint(path, use_ema=False, template=small["params"])
+    for ema, raw in zip(jax.tree.leaves(ema_params), jax.tree.leaves(raw_params)):
+        np.testing.assert_array_equal(ema, 2 * raw)
+    np.testing.assert_allclose(sigmas, schedule.geometric_sigmas(50.0, 0.01, 10), rtol=1e-6)
+    with pytest.raises(ValueError, match="do not fit this network"):
+        convert.load_official_checkpoint(path, template=template())
 
 
 def test_official_checkpoint_file_loads_ema_weights(tmp_path):
