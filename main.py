@@ -1,9 +1,9 @@
-"""NCSNv2 in JAX: train, sample, inpaint, interpolate or tune, as chosen by --mode.
+"""NCSNv2 in JAX: train, sample, inpaint, interpolate, tune, stats or eval, as chosen by --mode.
 
     python main.py --config configs/cifar10.py --workdir runs/cifar10 --mode train
 
 This file only parses flags, starts multi-host JAX when asked, and dispatches; the logic lives in the
-importable modules of ncsn_jax (train.train_and_evaluate, generate, tune). Config values can be
+importable modules of ncsn_jax (train.train_and_evaluate, generate, tune, evaluate). Config values can be
 overridden on the command line, e.g. --config.training.batch_size=64. User errors (a bad value, a
 missing dataset or checkpoint) end with one line saying what to do and exit code 1.
 """
@@ -13,14 +13,15 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ncsn_jax import config_checks, generate, train, tune
+from ncsn_jax import config_checks, evaluate, generate, train, tune
 
-MODES = ("train", "sample", "inpaint", "interpolate", "tune")
+MODES = ("train", "sample", "inpaint", "interpolate", "tune", "stats", "eval")
 
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/cifar10.py.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and images.")
 flags.DEFINE_enum("mode", "train", MODES, "What to do.")
-flags.DEFINE_integer("checkpoint_step", None, "Sample from this checkpoint step (default: the latest).")
+flags.DEFINE_integer("checkpoint_step", None,
+                     "Sample from (or, with --mode eval, evaluate only) this checkpoint step (default: the latest).")
 flags.DEFINE_string("official_checkpoint", None, "Sample from an official PyTorch checkpoint_<step>.pth.")
 flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (TPU pods, multi-node GPU).")
 flags.mark_flags_as_required(["config"])
@@ -42,6 +43,10 @@ def run(config, workdir: str, mode: str, checkpoint_step: int | None = None,
         raise ValueError(f"--workdir is required for --mode {mode}")
     if mode == "train":
         train.train_and_evaluate(config, workdir)
+    elif mode == "stats":
+        evaluate.run_stats(config, workdir)
+    elif mode == "eval":
+        evaluate.run_eval(config, workdir, checkpoint_step)
     else:
         generate.run_mode(config, workdir, mode, checkpoint_step, official_checkpoint)
 

@@ -34,7 +34,7 @@ def get_default_config() -> ml_collections.ConfigDict:
     training.log_freq = 100
     training.eval_freq = 100  # test loss with the EMA weights, as the official code
     training.snapshot_freq = 5_000  # checkpoint and a sample grid
-    training.snapshot_samples = 36  # images in each snapshot's grid, as the official code
+    training.snapshot_samples = 36  # images in each snapshot's grid, as the official code; 0: none
     training.keep_checkpoints = 3  # the latest checkpoints kept ...
     training.keep_every = 50_000  # ... plus every checkpoint whose step is a multiple of this
 
@@ -54,6 +54,21 @@ def get_default_config() -> ml_collections.ConfigDict:
     sampling.n_interpolations = 15  # --mode interpolate: columns per row
     sampling.num_references = 8  # --mode inpaint and interpolate: test images used (grid rows)
     sampling.completions_per_image = 7  # --mode inpaint: completions drawn for each test image
+
+    # --mode stats and --mode eval: sample quality (ncsn_jax/evaluate.py).
+    config.eval = evaluation = ml_collections.ConfigDict()
+    evaluation.features = "auto"  # "inception" (FID Inception-v3), "digits" (MNIST classifier); auto: by dataset
+    evaluation.inception_path = ""  # pt_inception-2015-12-05-6726825d.pth; "": the cache, downloaded once
+    evaluation.stats_path = ""  # reference μ, Σ (.npz, TTUR format); "": <workdir>/stats/<dataset>_<split>.npz
+    evaluation.stats_split = "train"  # the paper's CIFAR-10 FID is against the training set
+    evaluation.batch_size = 100  # images per feature-extractor call
+    evaluation.begin_step = 0  # --mode eval sweeps the checkpoints with begin_step <= step <= end_step
+    evaluation.end_step = config_dict.placeholder(int)  # None: up to the latest
+    evaluation.num_samples = 1_000  # per checkpoint of the sweep (the paper's model selection)
+    evaluation.final_num_samples = 50_000  # then for the best checkpoint (0: skip)
+    evaluation.kid_subsets = 100
+    evaluation.kid_subset_size = 1_000
+    evaluation.kid_reference_size = 5_000  # reference features kept in the stats file for KID
 
     # --mode tune: technique 2's overlap target C. The paper states 0.5; the released configs'
     # ladders correspond to about 0.567.

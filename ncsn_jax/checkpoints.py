@@ -50,6 +50,8 @@ class Checkpointer:
         `keep_every` keeps them.
       keep_every: also keep, forever, every checkpoint whose step is a multiple of this; 0 or None: none.
       async_save: write the files in a background thread (`save` returns after the device-to-host copy).
+      keep_best_by: instead of the latest checkpoints, keep only the one with the lowest value of this
+        metric (e.g. "fd", for the best checkpoint by FID); `save` then needs `metrics` holding it.
     """
 
     def __init__(
@@ -59,22 +61,29 @@ class Checkpointer:
         max_to_keep: int = 3,
         keep_every: int | None = None,
         async_save: bool = True,
+        keep_best_by: str | None = None,
     ):
         if max_to_keep < 1:
             raise ValueError(f"max_to_keep must be at least 1, got {max_to_keep}")
         if keep_every is not None and keep_every < 0:
             raise ValueError(f"keep_every must be positive (or 0/None for none), got {keep_every}")
-        policies = ocp.checkpoint_managers
-        keep = [policies.LatestN(max_to_keep)]
-        if keep_every:
-            keep.append(policies.EveryNSteps(keep_every))
+        if keep_best_by:
+            # Orbax's best_fn (rather than a BestN preservation policy) also ranks the checkpoints a
+            # previous run saved, from the metrics stored beside them.
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=1, best_fn=lambda metrics: metrics[keep_best_by], best_mode="min",
+                keep_checkpoints_without_metrics=False, enable_async_checkpointing=async_save,
+            )
+        else:
+            policies = ocp.checkpoint_managers
+            keep = [policies.LatestN(max_to_keep)]
+            if keep_every:
+                keep.append(policies.EveryNSteps(keep_every))
+            options = ocp.CheckpointManagerOptions(
+                preservation_policy=policies.AnyPreservationPolicy(keep), enable_async_checkpointing=async_save,
+            )
         self._manager = ocp.CheckpointManager(
-            os.fspath(directory),
-            item_handlers={_STATE: ocp.StandardCheckpointHandler()},
-            options=ocp.CheckpointManagerOptions(
-                preservation_policy=policies.AnyPreservationPolicy(keep),
-                enable_async_checkpointing=async_save,
-            ),
+            os.fspath(directory), item_handlers={_STATE: ocp.StandardCheckpointHandler()}, options=options,
         )
         # Steps that `restore_latest` found damaged and skipped; set aside at the next save (see `save`).
         self._unreadable: list[int] = []
@@ -92,7 +101,8 @@ class Checkpointer:
         """The newest checkpoint's step, or None when there is none."""
         return self._manager.latest_step()
 
-    def save(self, step: int, state: TrainState, *, force: bool = False) -> bool:
+    def save(self, step: int, state: TrainState, *, force: bool = False,
+             metrics: dict[str, float] | None = None) -> bool:
         """Starts writing the arrays of `state` as the checkpoint of `step`.
 
         Returns once the arrays are copied to host memory, so `state` may be donated to the next train
@@ -105,6 +115,7 @@ class Checkpointer:
           state: the train state; its array fields are saved, its static fields are not.
           force: write even when a checkpoint of a later step exists; without it such a call, or one for
             a step already saved, writes nothing and returns False.
+          metrics: scalars stored with the checkpoint (needed with `keep_best_by`).
 
         Returns:
           Whether a checkpoint was started.
@@ -115,7 +126,7 @@ class Checkpointer:
         """
         self._set_aside_unreadable()
         return self._manager.save(step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state)}),
-                                  force=force)
+                                  force=force, metrics=metrics)
 
     def restore(self, step: int, template: TrainState) -> TrainState:
         """The checkpoint of `step`, with the arrays placed as in `template`.

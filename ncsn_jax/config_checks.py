@@ -24,6 +24,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "sampling.batch_size": config.sampling.batch_size,
         "sampling.n_steps_each": config.sampling.n_steps_each,
         "model.num_scales": config.model.num_scales,
+        "eval.batch_size": config.eval.batch_size,
+        "eval.num_samples": config.eval.num_samples,
+        "eval.kid_subsets": config.eval.kid_subsets,
+        "eval.kid_subset_size": config.eval.kid_subset_size,
+        "eval.kid_reference_size": config.eval.kid_reference_size,
     }
     for field, value in positive_ints.items():
         if not isinstance(value, int) or value < 1:
@@ -50,3 +55,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.model.ema_rate must lie in [0, 1), got {config.model.ema_rate}")
     if config.optim.lr <= 0:
         raise ValueError(f"config.optim.lr must be positive, got {config.optim.lr}")
+    if config.eval.stats_split not in ("train", "test"):
+        raise ValueError(f"config.eval.stats_split must be 'train' or 'test', got {config.eval.stats_split!r}")
+    if not isinstance(config.training.snapshot_samples, int) or config.training.snapshot_samples < 0:
+        raise ValueError(f"config.training.snapshot_samples must be 0 (no grids) or a positive integer, "
+                         f"got {config.training.snapshot_samples!r}")
+    if not isinstance(config.eval.final_num_samples, int) or config.eval.final_num_samples < 0:
+        raise ValueError(f"config.eval.final_num_samples must be 0 (skip) or a positive integer, "
+                         f"got {config.eval.final_num_samples!r}")

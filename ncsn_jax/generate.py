@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +41,8 @@ def load_for_sampling(
       config: the config the model was trained with.
       workdir: the training workdir (its `checkpoints/` folder).
       mesh: the device mesh.
-      step: a checkpoint step; default the latest.
+      step: a checkpoint step; default the latest. A step that training no longer keeps is also looked
+        for in `checkpoints_best/`, where --mode eval keeps the best checkpoint.
       official_checkpoint: path of an official `checkpoint_<step>.pth` to use instead (EMA weights, and
         its σ table when it has one).
 
@@ -65,7 +67,7 @@ def load_for_sampling(
         elif step in available:
             restored = checkpointer.restore(step, state)
         else:
-            restored = None
+            restored = _restore_best(workdir, step, state)
     if restored is None:
         wanted = "no checkpoint" if step is None else f"no checkpoint of step {step} (have {available})"
         raise CheckpointNotFoundError(
@@ -73,6 +75,15 @@ def load_for_sampling(
             "pass --official_checkpoint=PATH"
         )
     return restored
+
+
+def _restore_best(workdir: str, step: int, template: train.TrainState) -> train.TrainState | None:
+    """Step `step` from `<workdir>/checkpoints_best` (where --mode eval keeps the best), if it is there."""
+    directory = os.path.join(workdir, "checkpoints_best")
+    if not os.path.isdir(directory):
+        return None
+    with checkpoints.Checkpointer(directory, keep_best_by="fd") as best:
+        return best.restore(step, template) if step in best.all_steps() else None
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -89,6 +100,34 @@ def _gather(x: jax.Array, count: int) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))[:count]
 
 
+def sample_batches(
+    state: train.TrainState,
+    config: ml_collections.ConfigDict,
+    rng: jax.Array,
+    num_samples: int,
+    mesh: Mesh,
+    first_batch: int = 0,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Batches of `draw_samples`, as (batch index, images), from batch `first_batch` on.
+
+    Batch i is drawn with `fold_in(rng, i)` alone, so an interrupted run resumes at any batch and gets
+    the images an uninterrupted run would have.
+    """
+    batch = config.sampling.batch_size
+    parallel.per_host_batch_size(batch, mesh, "sampling.batch_size")  # must divide over the devices
+    shape = (batch, config.data.image_size, config.data.image_size, config.data.channels)
+    # Every batch is full, the last one trimmed afterwards: one shape, so the sampler compiles once.
+    for index in range(first_batch, math.ceil(num_samples / batch)):
+        batch_rng = jax.random.fold_in(rng, index)
+        x_init = _sharded_uniform(jax.random.fold_in(batch_rng, 0), shape, parallel.batch_sharding(mesh))
+        out = sampling.annealed_langevin_dynamics(
+            state.score_fn(), jax.random.fold_in(batch_rng, 1), x_init, state.sigmas,
+            n_steps_each=config.sampling.n_steps_each, step_lr=config.sampling.step_lr,
+            denoise=config.sampling.denoise,
+        )
+        yield index, _gather(out.samples, min(batch, num_samples - index * batch))
+
+
 def draw_samples(
     state: train.TrainState,
     config: ml_collections.ConfigDict,
@@ -99,26 +138,15 @@ def draw_samples(
 ) -> np.ndarray:
     """`num_samples` images by annealed Langevin dynamics with the EMA parameters.
 
-    Uses `config.sampling` (n_steps_each = T, step_lr = ε, denoise) and the state's σ ladder.
+    Uses `config.sampling` (n_steps_each = T, step_lr = ε, denoise, batch_size) and the state's σ ladder.
 
     Returns:
       (num_samples, H, W, C) float32, unclamped (clamp only for display).
     """
-    batch = config.sampling.batch_size
-    parallel.per_host_batch_size(batch, mesh, "sampling.batch_size")  # must divide over the devices
-    shape = (batch, config.data.image_size, config.data.image_size, config.data.channels)
-    outputs = []
-    # Every batch is full, the last one trimmed afterwards: one shape, so the sampler compiles once.
-    for index in tqdm.trange(math.ceil(num_samples / batch), desc="sample", unit="batch", disable=not progress_bar):
-        batch_rng = jax.random.fold_in(rng, index)
-        x_init = _sharded_uniform(jax.random.fold_in(batch_rng, 0), shape, parallel.batch_sharding(mesh))
-        out = sampling.annealed_langevin_dynamics(
-            state.score_fn(), jax.random.fold_in(batch_rng, 1), x_init, state.sigmas,
-            n_steps_each=config.sampling.n_steps_each, step_lr=config.sampling.step_lr,
-            denoise=config.sampling.denoise,
-        )
-        outputs.append(_gather(out.samples, min(batch, num_samples - index * batch)))
-    return np.concatenate(outputs)
+    batches = sample_batches(state, config, rng, num_samples, mesh)
+    total = math.ceil(num_samples / config.sampling.batch_size)
+    return np.concatenate([images for _, images in tqdm.tqdm(
+        batches, total=total, desc="sample", unit="batch", disable=not progress_bar)])
 
 
 def half_mask(image_size: int, channels: int) -> np.ndarray:

@@ -213,7 +213,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 _raise_if_not_finite(window_losses)  # never save a state that has gone non-finite
                 checkpointer.save(done, state, force=True)
                 logging.info("saved checkpoint at step %d", done)
-                if not preempted:
+                if training.snapshot_samples and not preempted:
                     samples = generate.draw_samples(
                         state, config, jax.random.fold_in(sample_key, done), training.snapshot_samples, mesh,
                         progress_bar=False,
