@@ -9,14 +9,16 @@ were computed from.
 Files under `<workdir>/`:
   stats/<dataset>_<split>.npz   μ and Σ in the TTUR / pytorch-fid format (`mu`, `sigma`), plus
                                 `kid_features`, a sample of reference features for KID
-  eval/step_<s>_n<N>/           per sampled batch `batch_<i>.npz` (features, logits): an interrupted
-                                sweep resumes at the next batch; `metrics.json` once done; `samples.png`
+  eval/step_<s>_n<N>_<digest>/  per sampled batch `batch_<i>.npz` (features, logits): an interrupted
+                                sweep resumes at the next batch; `metrics.json`; `samples.png`. The
+                                digest is of the sampler settings, seed and feature extractor.
   eval/report.json              every evaluated checkpoint's metrics and the best step
   checkpoints_best/             the checkpoint with the lowest Fréchet distance, kept by Orbax
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -245,20 +247,29 @@ def evaluate_step(
     state, config: ml_collections.ConfigDict, extractor: FeatureExtractor, reference: ReferenceStatistics,
     num_samples: int, mesh, eval_dir: str,
 ) -> dict[str, float]:
-    """The metrics of one checkpoint's EMA weights on `num_samples` samples (cached in `eval_dir`)."""
+    """The metrics of one checkpoint's EMA weights on `num_samples` samples.
+
+    The sampled batches' features are cached under `eval_dir` in a folder named by the step, the sample
+    count and a digest of everything they depend on (sampler settings, seed, feature extractor), so a
+    change of settings never reuses stale samples. The metrics are recomputed from them each time (cheap),
+    so new reference statistics take effect.
+    """
     step = int(state.step)
-    cache_dir = os.path.join(eval_dir, f"step_{step}_n{num_samples}")
-    done = os.path.join(cache_dir, "metrics.json")
-    if os.path.exists(done):
-        with open(done) as file:
-            return json.load(file)
+    cache_dir = os.path.join(eval_dir, f"step_{step}_n{num_samples}_{_settings_digest(config, extractor)}")
     rng = jax.random.fold_in(jax.random.key(config.seed), step)
     features, logits = sample_features(state, config, extractor, rng, num_samples, mesh, cache_dir)
     result = quality_metrics(features, logits, reference, config)
     if jax.process_index() == 0:
-        with open(done, "w") as file:
+        with open(os.path.join(cache_dir, "metrics.json"), "w") as file:
             json.dump(result, file, indent=1)
     return result
+
+
+def _settings_digest(config: ml_collections.ConfigDict, extractor: FeatureExtractor) -> str:
+    sampling, model = config.sampling, config.model
+    settings = [config.seed, extractor.name, sampling.batch_size, sampling.n_steps_each, sampling.step_lr,
+                sampling.denoise, model.sigma_begin, model.sigma_end, model.num_scales]
+    return hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:8]
 
 
 def steps_to_evaluate(available: list[int], config: ml_collections.ConfigDict, only_step: int | None) -> list[int]:

@@ -69,14 +69,15 @@ def test_eval_sweeps_the_checkpoints_and_keeps_the_best(trained_workdir):
         assert json.load(file) == json.loads(json.dumps(report))
     with checkpoints.Checkpointer(trained_workdir / "checkpoints_best", keep_best_by="fd") as best:
         assert best.all_steps() == [report["best_step"]]
-    assert (trained_workdir / "eval" / f"step_{report['best_step']}_n12" / "samples.png").exists()
+    (best_dir,) = (trained_workdir / "eval").glob(f"step_{report['best_step']}_n12_*")
+    assert (best_dir / "samples.png").exists() and (best_dir / "metrics.json").exists()
 
 
 def test_interrupted_eval_resumes_at_the_next_batch(trained_workdir, monkeypatch):
     config = eval_config(**{"eval.final_num_samples": 0})
     first = evaluate.run_eval(config, str(trained_workdir), checkpoint_step=3)["checkpoints"]["3"]
     # As if killed after the first sampled batch: only batch 0 is on disk.
-    step_dir = trained_workdir / "eval" / "step_3_n12"
+    (step_dir,) = (trained_workdir / "eval").glob("step_3_n12_*")
     os.remove(step_dir / "metrics.json")
     os.remove(step_dir / "batch_00001.npz")
     started_at = []
@@ -90,6 +91,10 @@ def test_interrupted_eval_resumes_at_the_next_batch(trained_workdir, monkeypatch
     resumed = evaluate.run_eval(config, str(trained_workdir), checkpoint_step=3)["checkpoints"]["3"]
     assert started_at == [1]
     assert resumed == pytest.approx(first, rel=1e-6)
+    # Other sampler settings are other samples: nothing cached is reused.
+    changed = evaluate.run_eval(eval_config(**{"eval.final_num_samples": 0, "sampling.step_lr": 2e-4}),
+                                str(trained_workdir), checkpoint_step=3)["checkpoints"]["3"]
+    assert started_at == [1, 0] and changed["fd"] != first["fd"]
 
 
 def test_eval_without_statistics_says_to_run_stats(tmp_path):

@@ -1,0 +1,97 @@
+"""notebooks/sampling.ipynb runs top to bottom offline in a fresh python3 kernel: from our own checkpoint
+(its sample grid is the one --mode sample draws) and from an official PyTorch checkpoint through the
+converter, without the TFDS data its inpainting needs."""
+import json
+import pathlib
+
+import jax
+import nbclient
+import nbformat
+import numpy as np
+from PIL import Image
+
+import main
+from ncsn_jax import checkpoints, parallel, train
+from tests.test_main import TINY_MNIST, tiny_mnist
+
+REPO = pathlib.Path(__file__).parent.parent
+NOTEBOOK = REPO / "notebooks" / "sampling.ipynb"
+OFFICIAL_CHECKPOINT = REPO / "tests" / "data" / "official_checkpoint_ngf4.pth"
+
+
+def run_notebook(monkeypatch, params):
+    """Executes the notebook as Jupyter would (cwd notebooks/) on 4 fake CPU devices.
+
+    The kernel is a subprocess: it reads `params` from NCSN_NOTEBOOK_PARAMS and its devices from
+    XLA_FLAGS, so every batch size in `params` must divide by 4.
+
+    Returns:
+      The executed cells by id.
+    """
+    monkeypatch.setenv("NCSN_NOTEBOOK_PARAMS", json.dumps(params))
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    client = nbclient.NotebookClient(notebook, kernel_name="python3", timeout=300, startup_timeout=120,
+                                     resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+    client.execute()  # raises CellExecutionError, with the traceback, at the first error output
+    return {cell.id: cell for cell in notebook.cells}
+
+
+def shows_image(cell):
+    return any("image/png" in out.get("data", {}) for out in cell.outputs)
+
+
+def printed(cell):
+    return "".join(out.text for out in cell.outputs if out.output_type == "stream")
+
+
+def test_committed_notebook_has_no_outputs():
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(notebook)
+    assert notebook.metadata.kernelspec.name == "python3"
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, cell.id
+
+
+def test_notebook_samples_our_checkpoint_as_mode_sample_does(tmp_path, monkeypatch):
+    # A checkpoint as training writes it, through the same Checkpointer; the weights are the initial
+    # ones, since training steps would only add compile time here (test_main trains and samples).
+    config = tiny_mnist()
+    state = train.create_train_state(config, jax.random.key(0)).replace(step=3)
+    with checkpoints.Checkpointer(tmp_path / "checkpoints") as checkpointer:
+        checkpointer.save(3, parallel.replicate(state, parallel.data_mesh()))
+    cells = run_notebook(monkeypatch, {
+        "CONFIG": "configs/mnist.py", "WORKDIR": str(tmp_path), "NUM_SAMPLES": config.sampling.num_samples,
+        "CONFIG_OVERRIDES": TINY_MNIST,
+    })
+    assert "step 3" in printed(cells["weights"])
+    for cell_id in ("sample", "inpaint", "interpolate"):
+        assert shows_image(cells[cell_id]), cell_id
+    notebook_grid = tmp_path / "notebook" / "sample_step_3.png"
+    assert notebook_grid.exists()
+
+    # The same keys as the command-line mode: the same images.
+    main.run(config, str(tmp_path), "sample")
+    np.testing.assert_array_equal(np.asarray(Image.open(notebook_grid)),
+                                  np.asarray(Image.open(tmp_path / "sample" / "sample_step_3.png")))
+
+
+def test_notebook_samples_an_official_checkpoint_without_test_data(tmp_path, monkeypatch):
+    cells = run_notebook(monkeypatch, {
+        "CONFIG": "configs/cifar10.py", "WORKDIR": str(tmp_path), "NUM_SAMPLES": 4,
+        "OFFICIAL_CHECKPOINT": str(OFFICIAL_CHECKPOINT),
+        "CONFIG_OVERRIDES": {
+            "model.ngf": 4, "model.num_scales": 10, "sampling.batch_size": 4, "sampling.n_steps_each": 1,
+            "sampling.num_references": 2, "sampling.n_interpolations": 4, "sampling.completions_per_image": 2,
+            "data.tfds_data_dir": str(tmp_path / "no_tfds"),  # surely without cifar10
+        },
+    })
+    weights = printed(cells["weights"])
+    assert str(OFFICIAL_CHECKPOINT) in weights and "10 noise levels, σ 50 → 0.01" in weights
+    assert shows_image(cells["sample"])
+    assert (tmp_path / "notebook" / "sample_official.png").exists()
+    skipped = printed(cells["inpaint"])
+    assert "Skipping inpainting and interpolation" in skipped and "tfds build cifar10" in skipped
+    assert not shows_image(cells["inpaint"]) and not cells["interpolate"].outputs
