@@ -142,8 +142,7 @@ def save_reference_statistics(path: str, stats: ReferenceStatistics) -> None:
     """Writes `mu` and `sigma` (readable by TTUR and pytorch-fid) and `kid_features`."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     extra = {} if stats.kid_features is None else {"kid_features": stats.kid_features}
-    with open(path, "wb") as file:
-        np.savez(file, mu=stats.mu, sigma=stats.sigma, **extra)
+    metrics.save_statistics(path, stats.mu, stats.sigma, **extra)
 
 
 def load_reference_statistics(path: str) -> ReferenceStatistics:

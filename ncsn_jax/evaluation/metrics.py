@@ -142,16 +142,17 @@ class FeatureStatistics:
         return self._shift + centred_mean, sigma
 
 
-def save_statistics(path: str | os.PathLike, mu: ArrayLike, sigma: ArrayLike) -> None:
+def save_statistics(path: str | os.PathLike, mu: ArrayLike, sigma: ArrayLike, **extra: ArrayLike) -> None:
     """Writes μ and Σ as an `.npz` with keys `mu` and `sigma`, the TTUR/pytorch-fid statistics format.
 
     Args:
       path: the file to write, used exactly as given (NumPy would append `.npz` to a bare name).
       mu: (D,) feature mean.
       sigma: (D, D) feature covariance.
+      **extra: more arrays to store under their own keys (readers of the format ignore them).
     """
     with open(path, "wb") as f:
-        np.savez(f, mu=np.asarray(mu), sigma=np.asarray(sigma))
+        np.savez(f, mu=np.asarray(mu), sigma=np.asarray(sigma), **{k: np.asarray(v) for k, v in extra.items()})
 
 
 def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
