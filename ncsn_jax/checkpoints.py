@@ -45,7 +45,8 @@ class Checkpointer:
     the same calls in the same order (Orbax synchronises them).
 
     Args:
-      directory: where the step checkpoints live (created when missing), e.g. `<workdir>/checkpoints`.
+      directory: where the step checkpoints live (created when missing), e.g. `<workdir>/checkpoints`;
+        a relative path is taken from the current directory.
       max_to_keep: the number of latest checkpoints kept; older ones are deleted after each save unless
         `keep_every` keeps them.
       keep_every: also keep, forever, every checkpoint whose step is a multiple of this; 0 or None: none.
@@ -67,6 +68,9 @@ class Checkpointer:
             raise ValueError(f"max_to_keep must be at least 1, got {max_to_keep}")
         if keep_every is not None and keep_every < 0:
             raise ValueError(f"keep_every must be positive (or 0/None for none), got {keep_every}")
+        directory = os.fspath(directory)
+        if "://" not in directory:  # Orbax writes only to absolute paths; gs:// and other URLs are kept
+            directory = os.path.abspath(directory)
         if keep_best_by:
             # Orbax's best_fn (rather than a BestN preservation policy) also ranks the checkpoints a
             # previous run saved, from the metrics stored beside them.
@@ -83,7 +87,7 @@ class Checkpointer:
                 preservation_policy=policies.AnyPreservationPolicy(keep), enable_async_checkpointing=async_save,
             )
         self._manager = ocp.CheckpointManager(
-            os.fspath(directory), item_handlers={_STATE: ocp.StandardCheckpointHandler()}, options=options,
+            directory, item_handlers={_STATE: ocp.StandardCheckpointHandler()}, options=options,
         )
         # Steps that `restore_latest` found damaged and skipped; set aside at the next save (see `save`).
         self._unreadable: list[int] = []

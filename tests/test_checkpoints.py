@@ -212,3 +212,13 @@ def test_a_missing_or_empty_directory_means_a_fresh_start(tmp_path):
             assert checkpointer.all_steps() == [] and checkpointer.latest_step() is None
             # Without jax.distributed there is no preemption service: never a false alarm.
             assert not checkpointer.reached_preemption(1)
+
+
+def test_a_relative_directory_is_taken_from_the_current_directory(tmp_path, monkeypatch):
+    # As in the README's `--workdir runs/mnist`: Orbax itself refuses relative paths.
+    monkeypatch.chdir(tmp_path)
+    with checkpoints.Checkpointer(os.path.join("runs", "checkpoints")) as checkpointer:
+        checkpointer.save(1, small_state(1.5, step=1))
+    assert saved_steps(tmp_path / "runs" / "checkpoints") == [1]
+    with checkpoints.Checkpointer("runs/checkpoints") as checkpointer:
+        assert_bitwise_equal(host_copy(checkpointer.restore(1, small_state(0.0)).params), {"w": np.full(3, 1.5, np.float32)})
