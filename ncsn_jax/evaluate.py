@@ -289,16 +289,20 @@ def steps_to_evaluate(available: list[int], config: ml_collections.ConfigDict, o
 def run_eval(config: ml_collections.ConfigDict, workdir: str, checkpoint_step: int | None = None) -> dict:
     """`--mode eval`: the sweep, the best checkpoint on more samples, `eval/report.json`; returns the report.
 
+    The report describes this sweep only; the metrics of earlier sweeps stay in their `eval/step_*`
+    folders.
+
     The best checkpoint (lowest Fréchet distance on `eval.num_samples`) is also saved to
     `<workdir>/checkpoints_best`, where Orbax keeps the best one of every sweep so far.
     """
     reference = load_reference_statistics(statistics_path(config, workdir))
     extractor = feature_extractor(config)
-    if reference.mu.shape[0] != _feature_dim(extractor, config):
+    feature_dim = _feature_dim(extractor, config)
+    if reference.mu.shape[0] != feature_dim:
         raise ValueError(
             f"the reference statistics at {statistics_path(config, workdir)} have {reference.mu.shape[0]} "
-            f"features, but {extractor.name} gives {_feature_dim(extractor, config)}: recompute them with "
-            "--mode stats and the same config.eval.features")
+            f"features, but {extractor.name} gives {feature_dim}: recompute them with --mode stats and the "
+            "same config.eval.features")
     mesh = parallel.data_mesh()
     with checkpoints.Checkpointer(os.path.join(workdir, "checkpoints")) as checkpointer:
         available = checkpointer.all_steps()
