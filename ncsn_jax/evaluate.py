@@ -309,15 +309,17 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str, checkpoint_step: i
     steps = steps_to_evaluate(available, config, checkpoint_step)
     eval_dir = os.path.join(workdir, "eval")
     results = {}
+    best_state = None  # kept rather than restored again for the final evaluation
     for step in steps:
         state = generate.load_for_sampling(config, workdir, mesh, step)
         results[step] = evaluate_step(state, config, extractor, reference, config.eval.num_samples, mesh, eval_dir)
         logging.info("step %d: %s", step, _summary(results[step]))
-    best_step = min(results, key=lambda s: results[s]["fd"])
+        if best_state is None or results[step]["fd"] < results[int(best_state.step)]["fd"]:
+            best_state = state
+    state, best_step = best_state, int(best_state.step)
     report = {"features": extractor.name, "reference": statistics_path(config, workdir),
               "checkpoints": {str(s): r for s, r in results.items()}, "best_step": best_step}
 
-    state = generate.load_for_sampling(config, workdir, mesh, best_step)
     with checkpoints.Checkpointer(os.path.join(workdir, "checkpoints_best"), keep_best_by="fd") as best:
         if best_step not in best.all_steps():
             # force: Orbax otherwise refuses a step older than the one it holds; it then keeps the lower FD.
