@@ -7,3 +7,5 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import ncsn_jax  # noqa: E402,F401  (sets ncsn_jax's XLA:CPU flag, which is read when JAX starts too)
