@@ -9,11 +9,17 @@ missing dataset or checkpoint) end with one line saying what to do and exit code
 """
 import sys
 
-import jax
-from absl import app, flags, logging
-from ml_collections import config_flags
+if __name__ == "__main__":
+    # Before anything allocates: restart with mimalloc preloaded (ncsn_jax/cpu_runtime.py says why).
+    from ncsn_jax import cpu_runtime
 
-from ncsn_jax import config_checks, evaluate, generate, train, tune
+    cpu_runtime.exec_with_mimalloc()
+
+import jax  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from ncsn_jax import config_checks, evaluate, generate, train, tune  # noqa: E402
 
 MODES = ("train", "sample", "inpaint", "interpolate", "tune", "stats", "eval")
 

@@ -7,22 +7,28 @@ the jitted training step and of one score evaluation (forward pass), with the gl
 all devices as in training; training throughput in images/s (in all and per device); sampler throughput
 in score evaluations per second (one image through the network = one evaluation), timed over a short
 annealed Langevin run; and peak memory (the accelerator's peak bytes in use, or the process's peak
-resident memory on CPU). Config fields can be overridden as in main.py, e.g. `--config.model.dtype=bfloat16`.
+resident memory on CPU); and the minor page faults per training step (fresh pages the kernel had to
+supply: near 0 with the allocator main.py preloads, see ncsn_jax/cpu_runtime.py; `NCSN_JAX_ALLOCATOR=system`
+measures glibc's malloc instead). Config fields can be overridden as in main.py, e.g.
+`--config.model.dtype=bfloat16`.
 """
 import json
 import os
 import resource
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ncsn_jax import cpu_runtime  # noqa: E402
+
+cpu_runtime.exec_with_mimalloc()  # as main.py does; NCSN_JAX_ALLOCATOR=system measures glibc's malloc
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+import timing  # noqa: E402
 from ncsn_jax import parallel, sampling, train  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/cifar10.py.", lock_config=True)
@@ -31,16 +37,6 @@ flags.DEFINE_integer("repeats", 5, "Timed calls after the warm-up call (median r
 flags.DEFINE_integer("sampler_levels", 4, "Noise levels of the timed sampler run (T steps each).")
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
-
-
-def median_seconds(fn, repeats):
-    fn()  # warm-up: the first call after compilation also pays for allocations
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def peak_memory_bytes():
@@ -53,31 +49,20 @@ def peak_memory_bytes():
 
 def main(_):
     config = FLAGS.config
-    size, channels, batch_size = config.data.image_size, config.data.channels, FLAGS.batch_size
+    size, batch_size = config.data.image_size, FLAGS.batch_size
     mesh = parallel.data_mesh()
     parallel.per_host_batch_size(batch_size, mesh, "batch_size")
-    state = parallel.replicate(train.create_train_state(config, jax.random.key(0)), mesh)
-    batch = jax.device_put(jax.random.uniform(jax.random.key(1), (batch_size, size, size, channels)),
-                           parallel.batch_sharding(mesh))
-    rng = jax.random.key(2)
-
-    start = time.perf_counter()
-    compiled_step = train.train_step.lower(state, batch, rng).compile()
-    train_compile_s = time.perf_counter() - start
-
-    def run_train_step():
-        nonlocal state
-        state, metrics = compiled_step(state, batch, rng)
-        jax.block_until_ready(metrics)
+    state, batch, rng = timing.training_inputs(config, mesh, batch_size)
+    compiled_step, train_compile_s = timing.compile_seconds(train.train_step, state, batch, rng)
 
     score = jax.jit(lambda score_fn, x, sigma: score_fn(x, sigma))
     sigma = jax.device_put(jnp.full((batch_size,), config.model.sigma_end), parallel.batch_sharding(mesh))
-    start = time.perf_counter()
-    compiled_score = score.lower(state.score_fn(), batch, sigma).compile()
-    score_compile_s = time.perf_counter() - start
+    compiled_score, score_compile_s = timing.compile_seconds(score, state.score_fn(), batch, sigma)
 
-    train_step_s = median_seconds(run_train_step, FLAGS.repeats)
-    score_eval_s = median_seconds(
+    faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    train_step_s, state = timing.train_step_seconds(compiled_step, state, batch, rng, FLAGS.repeats)
+    faults_per_step = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before) / (FLAGS.repeats + 1)
+    score_eval_s = timing.median_seconds(
         lambda: jax.block_until_ready(compiled_score(state.score_fn(), batch, sigma)), FLAGS.repeats
     )
 
@@ -91,7 +76,7 @@ def main(_):
         )
         jax.block_until_ready(out.samples)
 
-    sampler_s = median_seconds(run_sampler, max(1, FLAGS.repeats // 2))
+    sampler_s = timing.median_seconds(run_sampler, max(1, FLAGS.repeats // 2))
     evaluations = batch_size * (levels.shape[0] * n_steps + 1)
     devices = jax.device_count()
     print(json.dumps({
@@ -108,6 +93,8 @@ def main(_):
         "train_step_s": round(train_step_s, 4),
         "score_compile_s": round(score_compile_s, 3),
         "score_eval_s": round(score_eval_s, 4),
+        "train_minor_page_faults_per_step": round(faults_per_step),
+        "allocator": os.environ.get(cpu_runtime.ALLOCATOR_VARIABLE) or "system",
         "train_images_per_s": round(batch_size / train_step_s, 2),
         "train_images_per_s_per_device": round(batch_size / train_step_s / devices, 2),
         "sampler_score_evals_per_s": round(evaluations / sampler_s, 2),

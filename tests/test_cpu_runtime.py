@@ -1,9 +1,17 @@
-"""The XLA:CPU flag that keeps convolutions on XLA's own kernels: added safely, and in effect here."""
+"""The CPU runtime settings: the XLA flag that keeps convolutions on XLA's own kernels (added safely, and
+in effect here), and the restart with mimalloc preloaded."""
+import os
+import pathlib
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import pytest
 
 from ncsn_jax import cpu_runtime
+
+REPO = pathlib.Path(__file__).parent.parent
 
 
 def test_flag_is_added_once_and_a_users_choice_stands():
@@ -39,3 +47,37 @@ def test_convolutions_of_this_process_compile_without_ynnpack():
     text = hlo.compile().as_text()
     assert text.count("convolution(") == 3
     assert "__ynn_fusion" not in text
+
+
+def test_exec_with_mimalloc_restarts_once_with_it_preloaded(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cpu_runtime.os, "execve", lambda path, argv, env: calls.append((path, argv, env)))
+    monkeypatch.setattr(cpu_runtime, "mimalloc_library", lambda: "/lib/libmimalloc.so.3")
+    monkeypatch.setattr(cpu_runtime.sys, "platform", "linux")
+    cpu_runtime.exec_with_mimalloc({"PATH": "/bin"})
+    (path, argv, env), = calls
+    assert path == sys.executable and argv == sys.orig_argv
+    assert env["LD_PRELOAD"] == "/lib/libmimalloc.so.3" and env[cpu_runtime.ALLOCATOR_VARIABLE] == "mimalloc"
+    assert env["MIMALLOC_PURGE_DELAY"] == "-1" and env["PATH"] == "/bin"
+    # The restarted process, a user's own preload, an opt-out: no restart.
+    for environ in (env, {"LD_PRELOAD": "/lib/libtcmalloc.so"}, {cpu_runtime.ALLOCATOR_VARIABLE: "system"}):
+        cpu_runtime.exec_with_mimalloc(environ)
+    assert len(calls) == 1
+
+
+@pytest.mark.skipif(cpu_runtime.mimalloc_library() is None, reason="cmeel-mimalloc is not installed")
+def test_a_restarted_program_runs_on_mimalloc(tmp_path):
+    script = tmp_path / "entry.py"
+    script.write_text(
+        "from ncsn_jax import cpu_runtime\n"
+        "cpu_runtime.exec_with_mimalloc()\n"
+        "import numpy\n"
+        "numpy.ones(10**7).sum()\n"
+        "print('mimalloc' if 'libmimalloc' in open('/proc/self/maps').read() else 'glibc')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", cpu_runtime.ALLOCATOR_VARIABLE)}
+    env["PYTHONPATH"] = str(REPO)
+    run = lambda **extra: subprocess.run([sys.executable, str(script)], env={**env, **extra},
+                                         capture_output=True, text=True, timeout=120)
+    assert run().stdout.strip() == "mimalloc"
+    assert run(**{cpu_runtime.ALLOCATOR_VARIABLE: "system"}).stdout.strip() == "glibc"
