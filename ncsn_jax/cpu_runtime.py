@@ -1,23 +1,23 @@
 """CPU settings that the networks need to train at full speed: XLA's own convolutions and an allocator.
 
-Convolutions on XLA's own (Eigen) kernels. jaxlib 0.10 and 0.11 hand every convolution to YNNPACK,
-whose kernel gradient of a 3×3 convolution runs at about a third of the speed of a matrix product
-(32×32×128, batch 8, on 2 cores: 138 ms, against 41 ms on Eigen; the forward pass and the input
-gradient are no slower on Eigen). A CIFAR-10 training step at batch 8 took 1.56 times as long as the
-official PyTorch code's on YNNPACK, and 0.94 times as long on Eigen (each measured beside it). The switch is an XLA flag, read once
-when JAX starts its CPU backend, so `use_eigen_convolutions` must run before the first computation:
-importing `ncsn_jax` does it. It changes nothing on GPUs and TPUs, leaves a choice already made in
-`XLA_FLAGS` alone, and is applied only for the jaxlib versions in which the flag is known to exist (XLA
-aborts the process on an unknown flag).
+Convolutions on XLA's own (Eigen) kernels. jaxlib 0.10 and 0.11 hand every convolution to YNNPACK, whose
+kernel gradient of a 3×3 convolution runs at about a third of the speed of a matrix product (32×32×128,
+batch 8, on 2 cores: 138 ms, against 41 ms on Eigen; the forward pass and the input gradient are no
+slower on Eigen). A CIFAR-10 training step at batch 8 took 1.56 times as long as the official PyTorch
+code's on YNNPACK, and 0.94 times as long on Eigen (each measured beside it). The switch is an XLA flag,
+read once when JAX starts its CPU backend, so `use_eigen_convolutions` must run before the first
+computation: importing `ncsn_jax` does it. It changes nothing on GPUs and TPUs, leaves a choice already
+made in `XLA_FLAGS` alone, and is applied only for the jaxlib versions in which the flag is known to
+exist (XLA aborts the process on an unknown flag).
 
 An allocator that keeps freed memory. Every call of a compiled XLA:CPU program allocates its temporary
 buffers as one block (150 MB for a training step of the MNIST default, 900 MB for CIFAR-10 at batch 8)
 and frees it at the end. glibc's malloc serves such a block with `mmap` and gives it back with `munmap`,
 so each step touches all of it as fresh pages: a page fault per 4 KiB (37,000 a step at MNIST, 325 ms a
-step instead of 264 with mimalloc). glibc's own settings cannot fix this from inside the process (a thread's arena mmaps any block
-over 64 MiB whatever the thresholds; one arena for all threads makes them wait on its lock: 960 ms a
-step instead of 630). mimalloc keeps the memory (0 faults), and it ships as a wheel
-(`cmeel-mimalloc`, in requirements.txt), so `main.py` starts itself again with it preloaded
+step instead of 264 with mimalloc). glibc's own settings cannot fix this from inside the process (a
+thread's arena mmaps any block over 64 MiB whatever the thresholds; one arena for all threads makes them
+wait on its lock: 960 ms a step instead of 630). mimalloc keeps the memory (0 faults), and it ships as a
+wheel (`cmeel-mimalloc`, in requirements.txt), so `main.py` starts itself again with it preloaded
 (`exec_with_mimalloc`) before anything else is imported. `NCSN_JAX_ALLOCATOR=system` keeps glibc's.
 """
 from __future__ import annotations
@@ -31,7 +31,6 @@ YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 EIGEN_CONVOLUTIONS = f"{YNN_FUSION_FLAG}=-individual_convolution"
 # jaxlib releases whose XLA knows the flag (the ones requirements.txt admits, each checked).
 _JAXLIB_WITH_FLAG = ("0.10.", "0.11.")
-
 
 ALLOCATOR_VARIABLE = "NCSN_JAX_ALLOCATOR"
 _MIMALLOC_FILE = "libmimalloc.so.3"
