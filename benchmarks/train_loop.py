@@ -34,7 +34,7 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-import timing  # noqa: E402
+import timing  # noqa: E402  (benchmarks/timing.py, beside this script: not a package)
 from ncsn_jax import parallel, train  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mnist.py.", lock_config=False)

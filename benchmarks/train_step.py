@@ -28,7 +28,7 @@ import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-import timing  # noqa: E402
+import timing  # noqa: E402  (benchmarks/timing.py, beside this script: not a package)
 from ncsn_jax import parallel, sampling, train  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/cifar10.py.", lock_config=True)
