@@ -23,7 +23,8 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from ncsn_jax import datasets, evaluate  # noqa: E402
+from ncsn_jax import datasets, images  # noqa: E402
+from ncsn_jax.evaluation import features, reference, sweep  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mnist.py.", lock_config=True)
 flags.DEFINE_integer("num_images", 200, "Images in each set.")
@@ -39,8 +40,9 @@ def split_images(config, split):
 
 def main(_):
     config = FLAGS.config
-    extractor = evaluate.feature_extractor(config)
-    reference = evaluate.dataset_statistics(config, extractor, config.eval.stats_split, progress_bar=False)
+    extractor = features.feature_extractor(config)
+    reference_statistics = reference.dataset_statistics(config, extractor, config.eval.stats_split,
+                                                        progress_bar=False)
     rng = np.random.default_rng(config.seed)
     count = FLAGS.num_images
 
@@ -54,9 +56,9 @@ def main(_):
         "uniform_noise": rng.random((count, *test.shape[1:])),
     }
     result = {"config": config.data.dataset, "features": extractor.name, "num_images": count}
-    for name, images in sets.items():
-        features, logits = extractor.fn(evaluate.to_8bit_levels(images.astype(np.float32)))
-        result[name] = evaluate.quality_metrics(features, logits, reference, config)
+    for name, image_set in sets.items():
+        set_features, logits = extractor.fn(images.to_8bit_levels(image_set.astype(np.float32)))
+        result[name] = sweep.quality_metrics(set_features, logits, reference_statistics, config)
     print(json.dumps(result))
 
 

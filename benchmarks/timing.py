@@ -4,13 +4,13 @@ import time
 
 import jax
 
-from ncsn_jax import parallel, train
+from ncsn_jax import parallel, train_state
 
 
 def training_inputs(config, mesh, batch_size):
     """A replicated fresh train state, a U[0, 1) batch of `batch_size` sharded over the mesh, and a key."""
     size, channels = config.data.image_size, config.data.channels
-    state = parallel.replicate(train.create_train_state(config, jax.random.key(0)), mesh)
+    state = train_state.init_train_state(config, jax.random.key(0), mesh)
     batch = jax.device_put(jax.random.uniform(jax.random.key(1), (batch_size, size, size, channels)),
                            parallel.batch_sharding(mesh))
     return state, batch, jax.random.key(2)

@@ -40,6 +40,7 @@ def get_default_config() -> ml_collections.ConfigDict:
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.lr = 1e-4
+    optim.lr_schedule = "constant"  # as the paper; "cosine": from lr to 0 over training.n_iters
     optim.beta1 = 0.9
     optim.beta2 = 0.999
     optim.eps = 1e-8

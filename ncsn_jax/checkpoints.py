@@ -1,14 +1,18 @@
-"""Saving and restoring the train state with Orbax: asynchronous, sharding-aware, robust to damage.
+"""Saving and restoring pytrees of arrays with Orbax: asynchronous, sharding-aware, robust to damage.
 
 A `Checkpointer` owns one directory of step checkpoints (`<directory>/<step>/state`), written by
-`orbax.checkpoint.CheckpointManager` with the standard pytree handler. What it adds to the manager:
+`orbax.checkpoint.CheckpointManager` with the pytree handler. It knows nothing of what the trees hold
+(the train state, for this project); it imports only the project's leaf modules `errors` and `trees`.
+What it adds to the manager:
 
 - retention as this project wants it: the latest `max_to_keep` checkpoints plus every one whose step is a
   multiple of `keep_every` (kept for later FID sweeps);
-- restoring onto a template state: the arrays take the template's shapes and shardings (e.g. replicated
-  over a device mesh), the static fields (network, optimiser, EMA rate) come from the template;
-- a template of a different network is refused with an error that says what to do, before any array is
-  read;
+- restoring onto a template: the arrays take the template's shapes and shardings (e.g. replicated over
+  a device mesh; `jax.ShapeDtypeStruct`s are enough), static fields come from the template;
+- partial restores: a template with only some of the saved fields (sampling needs θ' and the ladder,
+  not Adam's moments) reads only those arrays;
+- a template whose arrays differ from the saved ones is refused with an error that names the
+  differences and says what to do, before any array is read;
 - a damaged latest checkpoint is reported and the one before it is used; nothing on disk is deleted.
 
 Saving is asynchronous: `save` returns once Orbax holds the arrays in host memory (it copies them device
@@ -17,7 +21,9 @@ the files are written in a background thread.
 """
 from __future__ import annotations
 
+import logging as python_logging
 import os
+import sys
 import time
 from typing import Any
 
@@ -26,7 +32,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ncsn_jax.train import TrainState
+from ncsn_jax import trees
+from ncsn_jax.errors import CheckpointMismatchError, CheckpointNotFoundError, UnreadableCheckpointError
 
 _STATE = "state"
 # Orbax names a step directory by the bare step number; a set-aside damaged checkpoint gets this suffix,
@@ -34,12 +41,40 @@ _STATE = "state"
 _UNREADABLE_SUFFIX = ".unreadable"
 
 
-class UnreadableCheckpointError(RuntimeError):
-    """A checkpoint's files are damaged or missing; the message names the step and the reason."""
+def silence_abandoned_reads() -> None:
+    """Keeps the noise of a damaged checkpoint's abandoned reads off stderr (for programs; idempotent).
+
+    When one array of a checkpoint cannot be read, Orbax gives up the restore while its other reads are
+    still running: asyncio later logs each abandoned task's error with a traceback ("Task exception was
+    never retrieved"), and TensorStore calls back into the event loop Orbax has closed, which Python
+    reports as an unraisable exception. `restore_latest` has already said, in one line, which checkpoint
+    is damaged and why, so both are dropped; every other asyncio record and unraisable exception passes.
+    Only for programs in which nothing but Orbax runs asyncio tasks (main.py).
+    """
+    asyncio_logger = python_logging.getLogger("asyncio")
+    if not any(isinstance(f, _AbandonedOrbaxReads) for f in asyncio_logger.filters):
+        asyncio_logger.addFilter(_AbandonedOrbaxReads())
+    if not getattr(sys.unraisablehook, "_ncsn_jax", False):
+        previous = sys.unraisablehook
+
+        def hook(unraisable):
+            error = unraisable.exc_value
+            if not (isinstance(error, RuntimeError) and "Event loop is closed" in str(error)):
+                previous(unraisable)
+
+        hook._ncsn_jax = True
+        sys.unraisablehook = hook
+
+
+class _AbandonedOrbaxReads(python_logging.Filter):
+    # Only Orbax (with TensorStore) runs asyncio tasks in this program, so an asyncio task whose error
+    # nobody retrieved is one of its abandoned reads.
+    def filter(self, record: python_logging.LogRecord) -> bool:
+        return "exception was never retrieved" not in record.getMessage()
 
 
 class Checkpointer:
-    """Saves and restores `TrainState`s in one directory of step checkpoints.
+    """Saves and restores pytrees of arrays in one directory of step checkpoints.
 
     Usable as a context manager, which waits for pending saves and closes on exit. All hosts must make
     the same calls in the same order (Orbax synchronises them).
@@ -87,7 +122,7 @@ class Checkpointer:
                 preservation_policy=policies.AnyPreservationPolicy(keep), enable_async_checkpointing=async_save,
             )
         self._manager = ocp.CheckpointManager(
-            directory, item_handlers={_STATE: ocp.StandardCheckpointHandler()}, options=options,
+            directory, item_handlers={_STATE: ocp.PyTreeCheckpointHandler()}, options=options,
         )
         # Steps that `restore_latest` found damaged and skipped; set aside at the next save (see `save`).
         self._unreadable: list[int] = []
@@ -105,7 +140,7 @@ class Checkpointer:
         """The newest checkpoint's step, or None when there is none."""
         return self._manager.latest_step()
 
-    def save(self, step: int, state: TrainState, *, force: bool = False,
+    def save(self, step: int, state: Any, *, force: bool = False,
              metrics: dict[str, float] | None = None) -> bool:
         """Starts writing the arrays of `state` as the checkpoint of `step`.
 
@@ -116,7 +151,7 @@ class Checkpointer:
 
         Args:
           step: the checkpoint's label, normally `int(state.step)`.
-          state: the train state; its array fields are saved, its static fields are not.
+          state: a pytree of arrays (e.g. the train state; a flax struct's static fields are not saved).
           force: write even when a checkpoint of a later step exists; without it such a call, or one for
             a step already saved, writes nothing and returns False.
           metrics: scalars stored with the checkpoint (needed with `keep_best_by`).
@@ -129,28 +164,30 @@ class Checkpointer:
             never overwritten.
         """
         self._set_aside_unreadable()
-        return self._manager.save(step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardSave(state)}),
+        return self._manager.save(step, args=ocp.args.Composite(**{_STATE: ocp.args.PyTreeSave(state)}),
                                   force=force, metrics=metrics)
 
-    def restore(self, step: int, template: TrainState) -> TrainState:
+    def restore(self, step: int, template: Any) -> Any:
         """The checkpoint of `step`, with the arrays placed as in `template`.
 
         Args:
           step: a step of `all_steps()`.
-          template: a train state of the same network; its arrays (or `jax.ShapeDtypeStruct`s with
-            shardings) give the shapes, dtypes and shardings of the result, its static fields are kept.
+          template: a pytree of arrays or `jax.ShapeDtypeStruct`s (with shardings) that give the
+            shapes, dtypes and shardings of the result; static fields are kept. It may hold only some
+            of the saved fields (a partial restore reads only those); every field it holds must have
+            been saved, with the same shape and dtype.
 
         Raises:
-          FileNotFoundError: there is no checkpoint of `step`.
-          ValueError: the checkpoint holds a different network than `template`.
+          CheckpointNotFoundError: there is no checkpoint of `step`.
+          CheckpointMismatchError: the checkpoint's arrays are not those of `template`.
           UnreadableCheckpointError: the checkpoint's files are damaged.
         """
         steps = self.all_steps()
         if step not in steps:
-            raise FileNotFoundError(f"no checkpoint of step {step} in {self.directory} (have {steps})")
+            raise CheckpointNotFoundError(f"no checkpoint of step {step} in {self.directory} (have {steps})")
         return self._restore(step, template)
 
-    def restore_latest(self, template: TrainState) -> TrainState | None:
+    def restore_latest(self, template: Any) -> Any | None:
         """The newest readable checkpoint, with the arrays placed as in `template`; None when there is none.
 
         A damaged checkpoint is skipped with a warning that names its step and the reason, and the one
@@ -161,7 +198,7 @@ class Checkpointer:
           template: as for `restore`.
 
         Raises:
-          ValueError: the checkpoints hold a different network than `template`.
+          CheckpointMismatchError: the checkpoints' arrays are not those of `template`.
           UnreadableCheckpointError: checkpoints exist but none can be read.
         """
         for leftover in ocp.step.all_temporary_paths(self._manager.directory):
@@ -209,28 +246,29 @@ class Checkpointer:
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
 
-    def _restore(self, step: int, template: TrainState) -> TrainState:
-        """Restores `step`: UnreadableCheckpointError for damage, ValueError for another network."""
+    def _restore(self, step: int, template: Any) -> Any:
+        """Restores `step`: UnreadableCheckpointError for damage, CheckpointMismatchError for other arrays."""
 
         def unreadable(error: Exception) -> UnreadableCheckpointError:
             return UnreadableCheckpointError(
                 f"checkpoint {step} in {self.directory} cannot be read: {type(error).__name__}: {error}")
 
         # Orbax and TensorStore raise ValueError, KeyError, OSError, ... depending on which file is damaged
-        # and how, so any failure to read counts as damage; whether the network matches is decided from
-        # the saved shapes, between the two reads, so that a mismatch is never mistaken for damage.
+        # and how, so any failure to read counts as damage; whether the arrays match is decided from the
+        # saved shapes, between the two reads, so that a mismatch is never mistaken for damage.
         try:
             saved = self._manager.item_metadata(step)[_STATE]
             if saved is None:
                 raise FileNotFoundError(f"its '{_STATE}' item is missing")
-            saved_arrays = ocp.tree.to_flat_dict(saved.tree)
+            saved_layout = trees.shapes(saved.tree, with_dtype=True)
         except Exception as error:  # pylint: disable=broad-exception-caught
             raise unreadable(error) from error
-        _check_same_network(step, self.directory, saved_arrays, template)
+        _check_same_arrays(step, self.directory, saved_layout, template)
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+        restore_args = ocp.checkpoint_utils.construct_restore_args(target)
         try:
-            restored = self._manager.restore(
-                step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(target)}))
+            restored = self._manager.restore(step, args=ocp.args.Composite(**{_STATE: ocp.args.PyTreeRestore(
+                target, restore_args=restore_args, partial_restore=True)}))
         except Exception as error:  # pylint: disable=broad-exception-caught
             raise unreadable(error) from error
         return restored[_STATE]
@@ -256,26 +294,22 @@ class Checkpointer:
         self._unreadable = []
 
 
-def _check_same_network(step: int, directory: str, saved_arrays: dict[tuple[str, ...], Any],
-                        template: TrainState) -> None:
-    """Raises ValueError naming the differences when the saved arrays are not those of `template`."""
-    wanted = ocp.tree.to_flat_dict(ocp.tree.serialize_tree(template))
-    differences = []
-    for path in sorted(wanted.keys() | saved_arrays.keys(), key=str):
-        name = ".".join(map(str, path))
-        if path not in saved_arrays:
-            differences.append(f"the checkpoint lacks {name}")
-        elif path not in wanted:
-            differences.append(f"{name} is not in the config's model")
-        else:
-            have, want = saved_arrays[path], wanted[path]
-            if tuple(have.shape) != tuple(want.shape) or have.dtype != want.dtype:
-                differences.append(f"{name} is {have.dtype}{list(have.shape)}, "
-                                   f"the config's model has {want.dtype}{list(want.shape)}")
+def _check_same_arrays(step: int, directory: str, saved_layout: dict[str, Any], template: Any) -> None:
+    """Raises CheckpointMismatchError naming the differences when `template`'s arrays were not saved so.
+
+    Saved fields that `template` lacks are fine (a partial restore); the ones it has must match.
+    """
+    wanted = trees.shapes(ocp.tree.serialize_tree(template), with_dtype=True)
+    saved = {name: layout for name, layout in saved_layout.items() if any(
+        name == field or name.startswith(field + "/") for field in _top_level_fields(wanted))}
+    differences = trees.differences(saved, wanted)
     if differences:
-        more = len(differences) - 3
-        shown = "; ".join(differences[:3]) + (f"; and {more} more" if more > 0 else "")
-        raise ValueError(
-            f"{directory} holds checkpoints of a different model than the config's (step {step}: {shown}). "
-            "Use a new --workdir for this config, or run with the config those checkpoints were trained with."
+        raise CheckpointMismatchError(
+            f"{directory} holds checkpoints of a different model than the config's (step {step}: "
+            f"{trees.summary(differences)}). Use a new --workdir for this config, or run with the config "
+            "those checkpoints were trained with."
         )
+
+
+def _top_level_fields(layout: dict[str, Any]) -> set[str]:
+    return {name.split("/", 1)[0] for name in layout}

@@ -13,9 +13,10 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-import jax
 import numpy as np
 
+from ncsn_jax import trees
+from ncsn_jax.errors import CheckpointMismatchError
 from ncsn_jax.torch_files import load_torch_file
 
 Params = dict[str, Any]
@@ -87,30 +88,11 @@ def from_official(state_dict: Mapping[str, Any], template: Params | None = None)
 
 
 def _check_matches(params: Params, template: Params) -> None:
-    def flat(tree):
-        return {
-            "/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
-        }
-
-    got, want = flat(params), flat(template)
-    missing = sorted(set(want) - set(got))
-    unexpected = sorted(set(got) - set(want))
-    misshapen = sorted(k for k in set(got) & set(want) if got[k] != want[k])
-    if missing or unexpected or misshapen:
-        details = []
-        if missing:
-            details.append(f"missing {len(missing)} (e.g. {missing[:3]})")
-        if unexpected:
-            details.append(f"unexpected {len(unexpected)} (e.g. {unexpected[:3]})")
-        if misshapen:
-            details.append(
-                "shape mismatch for " + ", ".join(f"{k}: {got[k]} vs {want[k]}" for k in misshapen[:3])
-            )
-        raise ValueError(
-            "the official weights do not fit this network: " + "; ".join(details)
-            + ". Check config.model.name, config.model.ngf and config.data.channels against the "
-            "checkpoint's config.yml."
+    differences = trees.differences(trees.shapes(params), trees.shapes(template))
+    if differences:
+        raise CheckpointMismatchError(
+            f"the official weights do not fit this network: {trees.summary(differences)}. Check "
+            "config.model.name, config.model.ngf and config.data.channels against the checkpoint's config.yml."
         )
 
 

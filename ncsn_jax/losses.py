@@ -7,12 +7,10 @@ initialisation (D = H·W·C).
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 
-ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
+from ncsn_jax.score import ScoreFn
 
 
 def dsm_loss_given_noise(score_fn: ScoreFn, x: jax.Array, sigma: jax.Array, noise: jax.Array) -> jax.Array:

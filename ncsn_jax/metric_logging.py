@@ -46,7 +46,16 @@ class MetricWriter:
             self._summary_writer.flush()
 
     def close(self) -> None:
+        """Flushes and closes the files; the TensorBoard writer's thread ends here."""
         if self._jsonl is not None:
             self._jsonl.close()
+            self._jsonl = None
         if self._summary_writer is not None:
             self._summary_writer.close()
+            self._summary_writer = None
+
+    def __enter__(self) -> MetricWriter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

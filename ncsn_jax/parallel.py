@@ -13,6 +13,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from ncsn_jax.errors import ConfigError
+
 DATA_AXIS = "data"
 
 
@@ -26,11 +28,11 @@ def per_host_batch_size(global_batch_size: int, mesh: Mesh, what: str = "trainin
     """The number of examples each host loads for a global batch, after checking it splits evenly.
 
     Raises:
-      ValueError: the batch does not divide over the devices (the message names the config field).
+      ConfigError: the batch does not divide over the devices (the message names the config field).
     """
     devices = mesh.devices.size
     if global_batch_size <= 0 or global_batch_size % devices:
-        raise ValueError(
+        raise ConfigError(
             f"{what} {global_batch_size} is not divisible by the {devices} devices; "
             f"use a multiple of {devices}, e.g. --config.{what}={max(devices, global_batch_size // devices * devices)}"
         )

@@ -63,16 +63,19 @@ def geometric_sigmas(sigma_begin: float, sigma_end: float, num_scales: int) -> n
     Raises:
       ValueError: if the levels are not positive and decreasing or L < 2.
     """
-    if not 0 < sigma_end < sigma_begin < math.inf:
-        raise ValueError(
-            f"need 0 < sigma_end < sigma_begin < inf, got sigma_begin={sigma_begin}, "
-            f"sigma_end={sigma_end}")
+    _check_sigma_range(sigma_begin, sigma_end)
     if num_scales < 2:
         raise ValueError(f"num_scales must be at least 2 to span sigma_begin to sigma_end, "
                          f"got {num_scales}")
     log_sigmas = np.linspace(np.log(sigma_begin), np.log(sigma_end), int(num_scales),
                              dtype=np.float64)
     return np.exp(log_sigmas).astype(np.float32)
+
+
+def _check_sigma_range(sigma_begin: float, sigma_end: float) -> None:
+    if not 0 < sigma_end < sigma_begin < math.inf:
+        raise ValueError(
+            f"need 0 < sigma_end < sigma_begin < inf, got sigma_begin={sigma_begin}, sigma_end={sigma_end}")
 
 
 def _overlap_residual(gamma: float, dim: int, target: float) -> float:
@@ -131,10 +134,7 @@ def num_noise_scales(dim: int, sigma_begin: float, sigma_end: float, target: flo
     Raises:
       ValueError: if the levels are not positive and decreasing, or dim or target is out of range.
     """
-    if not 0 < sigma_end < sigma_begin < math.inf:
-        raise ValueError(
-            f"need 0 < sigma_end < sigma_begin < inf, got sigma_begin={sigma_begin}, "
-            f"sigma_end={sigma_end}")
+    _check_sigma_range(sigma_begin, sigma_end)
     gamma = noise_scale_ratio(dim, target)
     # Even a span shorter than one ratio step needs both end levels.
     return max(2, 1 + round(math.log(sigma_begin / sigma_end) / math.log(gamma)))

@@ -1,93 +1,27 @@
-"""Train state, the pure jit-compiled training and evaluation steps, and the training loop.
+"""The pure jit-compiled training and evaluation steps, and the training loop.
 
-The steps are pure functions of arrays and keys; `train_and_evaluate` is the one function that does I/O
-(data, checkpoints, logs, sample grids). The state carries the parameters, the Adam state, the EMA of the parameters (technique 5) and the noise
-ladder σ1 > … > σL (as the official model carries it as a buffer), so a checkpoint is self-describing and
-`train_step(state, batch, rng)` needs nothing else.
+The steps are pure functions of the train state (`ncsn_jax.train_state`: parameters, Adam, the EMA of
+the parameters and the ladder), a batch and a key; `train_and_evaluate` is the one function that does
+I/O (data, checkpoints, logs, sample grids).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
-from typing import Any
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 import tqdm
 from absl import logging
-from flax import struct
 
-from ncsn_jax import images, losses, schedule
-from ncsn_jax.models import get_model, get_score_fn
-
-
-class TrainState(struct.PyTreeNode):
-    """Everything a training step reads and writes; a pytree, so it can be jitted, sharded and saved.
-
-    Attributes:
-      step: number of optimiser steps taken.
-      params: θ, the network parameters.
-      opt_state: the Adam state.
-      ema_params: θ', updated after every optimiser step as θ' ← m·θ' + (1 − m)·θ (technique 5).
-      sigmas: (L,) float32 noise ladder σ1 > … > σL.
-      model: the network (static).
-      tx: the optimiser (static).
-      ema_rate: m, 0.999 in every paper config (static).
-    """
-
-    step: jax.Array
-    params: Any
-    opt_state: optax.OptState
-    ema_params: Any
-    sigmas: jax.Array
-    model: nn.Module = struct.field(pytree_node=False)
-    tx: optax.GradientTransformation = struct.field(pytree_node=False)
-    ema_rate: float = struct.field(pytree_node=False)
-
-    def score_fn(self, use_ema: bool = True):
-        """s(x, σ) with the EMA parameters θ' (what the paper samples and evaluates with) or θ."""
-        return get_score_fn(self.model, self.ema_params if use_ema else self.params)
-
-
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Adam with the config's lr, β1, β2 and eps; weight decay as PyTorch's Adam applies it (L2 on grads)."""
-    optim = config.optim
-    if optim.lr <= 0:
-        raise ValueError(f"config.optim.lr must be positive, got {optim.lr}")
-    adam = optax.adam(optim.lr, b1=optim.beta1, b2=optim.beta2, eps=optim.eps)
-    if optim.weight_decay:
-        # torch.optim.Adam adds wd·θ to the gradient before the moments (not AdamW's decoupled decay).
-        return optax.chain(optax.add_decayed_weights(optim.weight_decay), adam)
-    return adam
-
-
-def noise_levels(config: ml_collections.ConfigDict) -> jax.Array:
-    """The config's ladder σ1 = sigma_begin > … > σL = sigma_end, L = num_scales."""
-    model = config.model
-    return jnp.asarray(schedule.geometric_sigmas(model.sigma_begin, model.sigma_end, model.num_scales))
-
-
-def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array) -> TrainState:
-    """Initialises the network named by the config, its Adam state, θ' = θ and the ladder."""
-    model: nn.Module = get_model(config)
-    size, channels = config.data.image_size, config.data.channels
-    params = model.init(rng, jnp.zeros((1, size, size, channels)), jnp.ones((1,)))["params"]
-    tx = make_optimizer(config)
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=tx.init(params),
-        ema_params=jax.tree.map(jnp.copy, params),
-        sigmas=noise_levels(config),
-        model=model,
-        tx=tx,
-        ema_rate=config.model.ema_rate,
-    )
+from ncsn_jax import checkpoints, datasets, images, losses, metric_logging, parallel, sharded_sampling, train_state
+from ncsn_jax.errors import NonFiniteLossError
+from ncsn_jax.score import get_score_fn
+from ncsn_jax.train_state import TrainState
 
 
 def _loss(params, state: TrainState, batch: jax.Array, rng: jax.Array) -> jax.Array:
@@ -128,10 +62,6 @@ def train_step(state: TrainState, batch: jax.Array, rng: jax.Array) -> tuple[Tra
     return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the message names the step."""
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """The training loop: the one function here that does I/O.
 
@@ -146,46 +76,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       The final train state.
 
     Raises:
-      NonFiniteLossError: the loss became NaN/inf (the last checkpoint saved before it is kept).
+      NonFiniteLossError: the loss became NaN/inf (the checkpoints saved before it are kept).
     """
-    # Imported here so that the pure step functions above import without the I/O stack.
-    from ncsn_jax import checkpoints, datasets, generate, metric_logging, parallel  # pylint: disable=import-outside-toplevel
-
     training = config.training
     mesh = parallel.data_mesh()
     host_batch_size = parallel.per_host_batch_size(training.batch_size, mesh)
     parallel.per_host_batch_size(config.sampling.batch_size, mesh, "sampling.batch_size")  # fail now, not at the first snapshot
     key = jax.random.key(config.seed)
     init_key, step_key, eval_key, sample_key = jax.random.split(key, 4)
+    image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
 
-    state = parallel.replicate(create_train_state(config, init_key), mesh)
-    checkpointer = checkpoints.Checkpointer(
-        os.path.join(workdir, "checkpoints"),
-        max_to_keep=training.keep_checkpoints,
-        keep_every=training.keep_every,
-    )
-    restored = checkpointer.restore_latest(state)
-    if restored is not None:
-        state = restored
-        logging.info("resuming from step %d", int(state.step))
-    start_step = int(state.step)
+    # Every resource is closed on every path, errors included: pending checkpoint saves are completed
+    # rather than lost, and no writer thread outlives the run.
+    with contextlib.ExitStack() as resources:
+        checkpointer = resources.enter_context(checkpoints.Checkpointer(
+            os.path.join(workdir, "checkpoints"), max_to_keep=training.keep_checkpoints,
+            keep_every=training.keep_every,
+        ))
+        state = checkpointer.restore_latest(train_state.abstract_train_state(config, mesh))
+        if state is None:
+            state = train_state.init_train_state(config, init_key, mesh)
+        else:
+            logging.info("resuming from step %d", int(state.step))
+        start_step = int(state.step)
+        last_saved = checkpointer.latest_step()
 
-    writer = metric_logging.MetricWriter(workdir)
-    train_batches = parallel.prefetch_to_mesh(
-        datasets.get_dataset(config, "train", host_batch_size, start_step=start_step), mesh
-    )
-    test_batches = parallel.prefetch_to_mesh(
-        datasets.get_dataset(config, "test", host_batch_size, start_step=start_step // training.eval_freq),
-        mesh,
-    )
+        train_batches = parallel.prefetch_to_mesh(
+            datasets.get_dataset(config, "train", host_batch_size, start_step=start_step), mesh
+        )
+        test_batches = parallel.prefetch_to_mesh(
+            datasets.get_dataset(config, "test", host_batch_size, start_step=start_step // training.eval_freq),
+            mesh,
+        )
+        writer = resources.enter_context(metric_logging.MetricWriter(workdir))
+        progress = resources.enter_context(tqdm.tqdm(
+            total=training.n_iters, initial=start_step, desc="train", unit="step",
+            disable=jax.process_index() != 0, dynamic_ncols=True,
+        ))
 
-    window_losses: list[tuple[int, jax.Array]] = []
-    window_start = time.perf_counter()
-    progress = tqdm.tqdm(
-        total=training.n_iters, initial=start_step, desc="train", unit="step",
-        disable=jax.process_index() != 0, dynamic_ncols=True,
-    )
-    try:
+        window_losses: list[tuple[int, jax.Array]] = []
+        window_start = time.perf_counter()
         for step in range(start_step, training.n_iters):
             state, metrics = train_step(state, next(train_batches), jax.random.fold_in(step_key, step))
             window_losses.append((step + 1, metrics["loss"]))
@@ -193,7 +123,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             progress.update(1)
 
             if done % training.log_freq == 0 or done == training.n_iters:
-                _raise_if_not_finite(window_losses)
+                _raise_if_not_finite(window_losses, last_saved)
                 elapsed = time.perf_counter() - window_start
                 steps_per_s = len(window_losses) / elapsed
                 writer.write(done, {
@@ -210,32 +140,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
             preempted = checkpointer.reached_preemption(done)
             if done % training.snapshot_freq == 0 or done == training.n_iters or preempted:
-                _raise_if_not_finite(window_losses)  # never save a state that has gone non-finite
+                _raise_if_not_finite(window_losses, last_saved)  # never save a state that has gone non-finite
                 checkpointer.save(done, state, force=True)
+                last_saved = done
                 logging.info("saved checkpoint at step %d", done)
                 if training.snapshot_samples and not preempted:
-                    samples = generate.draw_samples(
-                        state, config, jax.random.fold_in(sample_key, done), training.snapshot_samples, mesh,
-                        progress_bar=False,
+                    samples = sharded_sampling.draw_samples(
+                        state.score_fn(), state.sigmas, config.sampling, image_shape,
+                        jax.random.fold_in(sample_key, done), training.snapshot_samples, mesh, progress_bar=False,
                     )
                     if jax.process_index() == 0:
                         images.save_grid(samples, os.path.join(workdir, "samples", f"samples_{done:07d}.png"))
             if preempted:
                 logging.warning("preemption signalled: saved step %d and stopping", done)
                 break
-    finally:
-        progress.close()
-        # Also on errors, so that a save in flight is completed rather than lost.
-        checkpointer.wait_until_finished()
-        checkpointer.close()
-        writer.close()
     return state
 
 
-def _raise_if_not_finite(losses_by_step: list[tuple[int, jax.Array]]) -> None:
+def _raise_if_not_finite(losses_by_step: list[tuple[int, jax.Array]], last_saved: int | None) -> None:
     for step, loss in losses_by_step:
         if not np.isfinite(float(loss)):
+            kept = ("no checkpoint was saved before it" if last_saved is None else
+                    f"the checkpoints up to step {last_saved} are kept")
             raise NonFiniteLossError(
-                f"the training loss is {float(loss)} at step {step}; the checkpoints saved before it are "
-                "kept. Lower --config.optim.lr or check the data (pixel values must lie in [0, 1])."
+                f"the training loss is {float(loss)} at step {step}; {kept}. Lower --config.optim.lr or "
+                "check the data (pixel values must lie in [0, 1])."
             )

@@ -13,6 +13,8 @@ import ml_collections
 import numpy as np
 
 from ncsn_jax import datasets, schedule
+from ncsn_jax.errors import DataError
+from ncsn_jax.reservoir import Reservoir
 
 # Technique 1 uses every image of training sets up to this size, and a random subset above it.
 ALL_IMAGES_UP_TO = 60_000
@@ -40,26 +42,19 @@ def select_images(batches: Iterable[np.ndarray], seed: int) -> tuple[np.ndarray,
     Returns:
       (images, number of images seen).
     """
-    rng = np.random.default_rng(seed)
+    reservoir = Reservoir(SUBSET_SIZE, np.random.default_rng(seed))
     everything: list[np.ndarray] | None = []
-    reservoir: list[np.ndarray] = []
-    seen = 0
     for batch in batches:
-        for image in np.asarray(batch, np.float32):
-            if everything is not None:
-                everything.append(image)
-                if len(everything) > ALL_IMAGES_UP_TO:
-                    everything = None
-            if len(reservoir) < SUBSET_SIZE:
-                reservoir.append(image)
-            else:
-                slot = rng.integers(0, seen + 1)
-                if slot < SUBSET_SIZE:
-                    reservoir[slot] = image
-            seen += 1
+        batch = np.asarray(batch, np.float32)
+        reservoir.update(batch)
+        if everything is not None:
+            everything.extend(batch)
+            if len(everything) > ALL_IMAGES_UP_TO:
+                everything = None
+    seen = reservoir.seen
     if seen < 2:
-        raise ValueError(f"the training split has {seen} image(s); technique 1 needs at least 2")
-    return np.stack(everything if everything is not None else reservoir), seen
+        raise DataError(f"the training split has {seen} image(s); technique 1 needs at least 2")
+    return (np.stack(everything) if everything is not None else reservoir.sample()), seen
 
 
 def tune_schedule(images: np.ndarray, num_seen: int, config: ml_collections.ConfigDict) -> TunedSchedule:

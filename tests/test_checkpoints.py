@@ -11,7 +11,8 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from configs import tiny
-from ncsn_jax import checkpoints, train
+from ncsn_jax import checkpoints, train, train_state
+from ncsn_jax.errors import CheckpointMismatchError, CheckpointNotFoundError, UnreadableCheckpointError
 
 # When Orbax fails to read a damaged file, TensorStore later calls back into an event loop Orbax has
 # closed; Python reports that as an unraisable exception, in whichever test is running by then.
@@ -29,10 +30,10 @@ def assert_bitwise_equal(actual, expected):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(e), strict=True)
 
 
-def small_state(value: float, step: int = 0) -> train.TrainState:
+def small_state(value: float, step: int = 0) -> train_state.TrainState:
     """A train state of three numbers, for tests about files and policies rather than about the network."""
     params = {"w": jnp.full((3,), value)}
-    return train.TrainState(step=jnp.asarray(step, jnp.int32), params=params, opt_state=(),
+    return train_state.TrainState(step=jnp.asarray(step, jnp.int32), params=params, opt_state=(),
                             ema_params=params, sigmas=jnp.ones(2), model=None, tx=None, ema_rate=0.9)
 
 
@@ -45,7 +46,7 @@ def trained():
     """The tiny config's state after two Adam steps (non-trivial moments, EMA ≠ params) and a batch."""
     config = tiny.get_config()
     # Committed to a device, as restored arrays are, so that both hit the same compiled train step.
-    state = jax.device_put(train.create_train_state(config, jax.random.key(0)), jax.devices()[0])
+    state = jax.device_put(train_state.create_train_state(config, jax.random.key(0)), jax.devices()[0])
     batch = jax.random.uniform(jax.random.key(1), (8, 16, 16, 3))
     for i in range(2):
         state, _ = train.train_step(state, batch, jax.random.key(10 + i))
@@ -102,9 +103,9 @@ def test_a_template_of_another_network_is_refused(saved):
     directory, _ = saved
     config = tiny.get_config()
     config.model.ngf = 16
-    template = jax.eval_shape(lambda key: train.create_train_state(config, key), jax.random.key(0))
+    template = jax.eval_shape(lambda key: train_state.create_train_state(config, key), jax.random.key(0))
     with checkpoints.Checkpointer(directory) as checkpointer:
-        with pytest.raises(ValueError, match="different model.*begin_conv.*float32\\[3, 3, 3, 8\\].*"
+        with pytest.raises(CheckpointMismatchError, match="different model.*begin_conv.*float32\\[3, 3, 3, 8\\].*"
                                              "float32\\[3, 3, 3, 16\\].*new --workdir"):
             checkpointer.restore_latest(template)
     assert saved_steps(directory) == [2]
@@ -195,11 +196,11 @@ def test_only_damaged_checkpoints_is_an_error(tmp_path):
         checkpointer.save(1, small_state(1.0))
     truncate_array_files(tmp_path / "1")
     with checkpoints.Checkpointer(tmp_path) as checkpointer:
-        with pytest.raises(checkpoints.UnreadableCheckpointError, match=r"none of .*steps \[1\].*--workdir"):
+        with pytest.raises(UnreadableCheckpointError, match=r"none of .*steps \[1\].*--workdir"):
             checkpointer.restore_latest(small_state(0.0))
-        with pytest.raises(checkpoints.UnreadableCheckpointError, match="checkpoint 1 .* cannot be read"):
+        with pytest.raises(UnreadableCheckpointError, match="checkpoint 1 .* cannot be read"):
             checkpointer.restore(1, small_state(0.0))
-        with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 7 .*have \[1\]"):
+        with pytest.raises(CheckpointNotFoundError, match=r"no checkpoint of step 7 .*have \[1\]"):
             checkpointer.restore(7, small_state(0.0))
     assert saved_steps(tmp_path) == [1]
 
@@ -222,3 +223,32 @@ def test_a_relative_directory_is_taken_from_the_current_directory(tmp_path, monk
     assert saved_steps(tmp_path / "runs" / "checkpoints") == [1]
     with checkpoints.Checkpointer("runs/checkpoints") as checkpointer:
         assert_bitwise_equal(host_copy(checkpointer.restore(1, small_state(0.0)).params), {"w": np.full(3, 1.5, np.float32)})
+
+
+def test_a_sampling_template_reads_only_the_ema_parameters_and_the_ladder(trained, saved):
+    config, state, _ = trained
+    directory, expected = saved
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    template = train_state.abstract_sampling_state(config, mesh)
+    with checkpoints.Checkpointer(directory) as checkpointer:
+        restored = checkpointer.restore(2, template)
+    assert isinstance(restored, train_state.SamplingState) and restored.model == template.model
+    assert_bitwise_equal((restored.step, restored.ema_params, restored.sigmas),
+                         (expected.step, expected.ema_params, expected.sigmas))
+    # θ' differs from θ after two steps, so the restore cannot have read the training parameters.
+    assert not np.array_equal(jax.tree.leaves(expected.ema_params)[0], jax.tree.leaves(expected.params)[0])
+    for leaf in jax.tree.leaves(restored):
+        assert len(leaf.addressable_shards) == len(jax.devices())
+
+
+def test_any_pytree_round_trips(tmp_path):
+    tree = {"weights": [np.arange(6, dtype=np.float32).reshape(2, 3), np.int32(7)], "scale": np.float64(0.5)}
+    with checkpoints.Checkpointer(tmp_path, async_save=False) as checkpointer:
+        checkpointer.save(3, tree)
+        restored = checkpointer.restore(3, jax.tree.map(np.zeros_like, tree))
+    assert_bitwise_equal(restored, tree)
+    with checkpoints.Checkpointer(tmp_path) as checkpointer:
+        with pytest.raises(CheckpointMismatchError, match=r"weights/0 is float32\[2, 3\], expected float32\[3, 2\]"):
+            checkpointer.restore(3, {**tree, "weights": [np.zeros((3, 2), np.float32), np.int32(0)]})
+        with pytest.raises(CheckpointNotFoundError, match=r"no checkpoint of step 4 .*have \[3\]"):
+            checkpointer.restore(4, tree)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from ncsn_jax import convert, losses, sampling, schedule
-from ncsn_jax.models import NCSNv2, get_score_fn
+from ncsn_jax.models import NCSNv2
+from ncsn_jax.score import get_score_fn
 from tests.fixtures import nhwc, official_state_dict, reference
 
 MODEL = NCSNv2(ngf=16)

@@ -25,3 +25,8 @@ def test_png_round_trip(tmp_path):
     path = tmp_path / "sub" / "grid.png"
     images.save_grid(batch, path, nrow=2)
     np.testing.assert_array_equal(np.asarray(Image.open(path)), images.make_grid(batch, nrow=2))
+
+
+def test_8bit_levels():
+    levels = images.to_8bit_levels(np.array([-0.3, 0.0, 0.5, 1.0 / 255 * 0.4, 1.7]))
+    np.testing.assert_allclose(levels, [0.0, 0.0, 128 / 255, 0.0, 1.0], atol=1e-7)

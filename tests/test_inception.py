@@ -12,6 +12,7 @@ import pathlib
 import numpy as np
 import pytest
 
+from ncsn_jax.errors import MissingWeightsError
 from ncsn_jax.evaluation import inception
 
 REFERENCE = pathlib.Path(__file__).parent / "data" / "ref_fid_inception_random.npz"
@@ -96,9 +97,9 @@ def test_conversion_names_each_problem():
     with pytest.raises(ValueError) as error:
         inception.from_pytorch_fid(state)
     message = str(error.value)
-    assert "missing: Mixed_7c.branch_pool.bn.running_var" in message
-    assert "unexpected: AuxLogits.fc.weight" in message
-    assert "wrong shape: fc.weight (1000, 2048), expected (1008, 2048)" in message
+    assert "missing Mixed_7c.branch_pool.bn.running_var" in message
+    assert "unexpected AuxLogits.fc.weight" in message
+    assert "fc.weight is (1000, 2048), expected (1008, 2048)" in message
 
 
 def test_images_must_have_one_or_three_channels(variables):
@@ -123,15 +124,15 @@ def test_a_download_with_the_wrong_checksum_leaves_nothing(tmp_path):
     source = tmp_path / "mirror.pth"
     source.write_bytes(b"not the weights file")
     cache = tmp_path / "cache"
-    with pytest.raises(ValueError, match=inception.FID_WEIGHTS_SHA256_PREFIX):
+    with pytest.raises(MissingWeightsError, match=inception.FID_WEIGHTS_SHA256_PREFIX):
         inception.load_inception_params(cache_dir=str(cache), url=source.as_uri())
     assert list(cache.iterdir()) == []
 
 
 def test_without_network_the_error_says_where_to_put_the_file(tmp_path):
     unreachable = (tmp_path / "absent.pth").as_uri()
-    with pytest.raises(FileNotFoundError, match=r"config\.eval\.inception_path") as error:
+    with pytest.raises(MissingWeightsError, match=r"config\.eval\.inception_path") as error:
         inception.load_inception_params(cache_dir=str(tmp_path / "cache"), url=unreachable)
     assert str(tmp_path / "cache" / inception.FID_WEIGHTS_FILE) in str(error.value)
-    with pytest.raises(inception.InceptionWeightsUnavailableError, match=r"config\.eval\.inception_path"):
+    with pytest.raises(MissingWeightsError, match=r"config\.eval\.inception_path"):
         inception.load_inception_params(path=str(tmp_path / "elsewhere.pth"))

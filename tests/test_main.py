@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-import main
 from configs import mnist, tiny
-from ncsn_jax import checkpoints, parallel, train
+from ncsn_jax import checkpoints, cli, parallel, train, train_state
+from ncsn_jax.errors import NonFiniteLossError
 
 REPO = pathlib.Path(__file__).parent.parent
 
@@ -50,7 +50,7 @@ def run_main(workdir, mode="train", devices=4, **overrides):
 
 
 def saved_params(workdir, step, config):
-    template = parallel.replicate(train.create_train_state(config, jax.random.key(0)), parallel.data_mesh())
+    template = train_state.abstract_train_state(config, parallel.data_mesh())
     with checkpoints.Checkpointer(pathlib.Path(workdir) / "checkpoints") as checkpointer:
         return checkpointer.restore(step, template)
 
@@ -73,7 +73,7 @@ def test_train_then_sample_inpaint_interpolate_on_mnist(tmp_path):
     assert list((tmp_path / "tensorboard").iterdir())
     config.sampling.num_samples = 10  # one full batch of 8 and a trimmed second batch
     for mode, count in (("sample", 10), ("inpaint", 2 * 4), ("interpolate", 2 * 4)):
-        main.run(config, str(tmp_path), mode)
+        cli.run(config, str(tmp_path), mode)
         out = np.load(tmp_path / mode / f"{mode}_step_6.npz")["images"]
         assert out.shape == (count, 28, 28, 1) and np.all(np.isfinite(out))
     assert (tmp_path / "inpaint" / "inpaint_step_6.png").exists()
@@ -87,7 +87,7 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_p
         return new_state, {**metrics, "loss": jnp.where(new_state.step == 5, jnp.nan, metrics["loss"])}
 
     monkeypatch.setattr(train, "train_step", step_that_diverges_at_5)
-    with pytest.raises(train.NonFiniteLossError, match="nan at step 5"):
+    with pytest.raises(NonFiniteLossError, match="nan at step 5; the checkpoints up to step 3 are kept"):
         train.train_and_evaluate(tiny_mnist(**{"training.log_freq": 6}), str(tmp_path))
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [3]
 

@@ -10,8 +10,7 @@ import nbformat
 import numpy as np
 from PIL import Image
 
-import main
-from ncsn_jax import checkpoints, parallel, train
+from ncsn_jax import checkpoints, cli, train_state
 from tests.test_main import TINY_MNIST, tiny_mnist
 
 REPO = pathlib.Path(__file__).parent.parent
@@ -59,9 +58,9 @@ def test_notebook_samples_our_checkpoint_as_mode_sample_does(tmp_path, monkeypat
     # A checkpoint as training writes it, through the same Checkpointer; the weights are the initial
     # ones, since training steps would only add compile time here (test_main trains and samples).
     config = tiny_mnist()
-    state = train.create_train_state(config, jax.random.key(0)).replace(step=3)
+    state = train_state.create_train_state(config, jax.random.key(0)).replace(step=3)
     with checkpoints.Checkpointer(tmp_path / "checkpoints") as checkpointer:
-        checkpointer.save(3, parallel.replicate(state, parallel.data_mesh()))
+        checkpointer.save(3, state)
     cells = run_notebook(monkeypatch, {
         "CONFIG": "configs/mnist.py", "WORKDIR": str(tmp_path), "NUM_SAMPLES": config.sampling.num_samples,
         "CONFIG_OVERRIDES": TINY_MNIST,
@@ -73,7 +72,7 @@ def test_notebook_samples_our_checkpoint_as_mode_sample_does(tmp_path, monkeypat
     assert notebook_grid.exists()
 
     # The same keys as the command-line mode: the same images.
-    main.run(config, str(tmp_path), "sample")
+    cli.run(config, str(tmp_path), "sample")
     np.testing.assert_array_equal(np.asarray(Image.open(notebook_grid)),
                                   np.asarray(Image.open(tmp_path / "sample" / "sample_step_3.png")))
 

@@ -7,8 +7,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from configs import tiny
-from ncsn_jax import losses, schedule, train
-from ncsn_jax.models import get_score_fn
+from ncsn_jax import losses, schedule, train, train_state
+from ncsn_jax.score import get_score_fn
 
 
 def setup(**overrides):
@@ -16,7 +16,7 @@ def setup(**overrides):
     for key, value in overrides.items():
         section, name = key.split(".")
         config[section][name] = value
-    state = train.create_train_state(config, jax.random.key(0))
+    state = train_state.create_train_state(config, jax.random.key(0))
     batch = jax.random.uniform(jax.random.key(1), (8, 16, 16, 3))
     return config, state, batch
 

@@ -5,6 +5,7 @@ from scipy.spatial.distance import pdist
 from sklearn.datasets import load_digits
 
 from configs import default
+from ncsn_jax.errors import DataError
 from ncsn_jax import schedule, tune
 
 
@@ -47,5 +48,5 @@ def test_tuned_schedule_on_real_digits():
 
 
 def test_fewer_than_two_images_is_an_error():
-    with pytest.raises(ValueError, match="at least 2"):
+    with pytest.raises(DataError, match="at least 2"):
         tune.select_images([np.zeros((1, 2, 2, 1))], seed=0)

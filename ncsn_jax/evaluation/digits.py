@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from numpy.typing import ArrayLike
 
-from ncsn_jax import datasets
+from ncsn_jax import datasets, trees
 
 WEIGHTS_PATH = pathlib.Path(__file__).with_name("digit_classifier.npz")
 IMAGE_SHAPE = (28, 28, 1)
@@ -152,7 +152,7 @@ def save_digit_classifier(path: str | os.PathLike, params: dict[str, Any]) -> No
       path: the file to write, used exactly as given.
       params: the parameters from `train_digit_classifier`.
     """
-    flat = {"/".join(key.key for key in key_path): np.asarray(value)
+    flat = {trees.path_name(key_path): np.asarray(value)
             for key_path, value in jax.tree_util.tree_flatten_with_path(params)[0]}
     with open(path, "wb") as f:
         np.savez(f, **flat)
@@ -172,14 +172,12 @@ def load_digit_classifier(path: str | os.PathLike | None = None) -> dict[str, An
     """
     path = WEIGHTS_PATH if path is None else path
     expected = jax.eval_shape(lambda: DigitClassifier().init(jax.random.key(0), jnp.zeros((1, *IMAGE_SHAPE))))
-    expected = {"/".join(key.key for key in key_path): leaf.shape
-                for key_path, leaf in jax.tree_util.tree_flatten_with_path(expected["params"])[0]}
     with np.load(path, allow_pickle=False) as data:
         found = {name: data[name].astype(np.float32) for name in data.files}
-    if {name: value.shape for name, value in found.items()} != expected:
+    differences = trees.differences(trees.shapes(found), trees.shapes(expected["params"]))
+    if differences:
         raise ValueError(
-            f"{os.fspath(path)!r} does not hold DigitClassifier weights: expected arrays "
-            f"{expected}, found {({name: value.shape for name, value in found.items()})}; "
+            f"{os.fspath(path)!r} does not hold DigitClassifier weights ({trees.summary(differences)}); "
             "rewrite it with `python -m ncsn_jax.evaluation.digits`"
         )
     params = {}

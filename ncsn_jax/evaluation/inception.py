@@ -23,13 +23,15 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ncsn_jax import trees
+from ncsn_jax.errors import MissingWeightsError
 from ncsn_jax.torch_files import load_torch_file
 
 Variables = dict[str, Any]
@@ -47,10 +49,6 @@ _BN_EPSILON = 1e-3
 # Full float32 convolutions even on GPUs, whose default (TF32) would move the features, and so FID, away
 # from the float32 reference.
 _PRECISION = jax.lax.Precision.HIGHEST
-
-
-class InceptionWeightsUnavailableError(FileNotFoundError):
-    """The FID Inception weights are neither cached nor downloadable (e.g. no network access)."""
 
 
 def _interpolation_matrix(in_size: int, out_size: int) -> np.ndarray:
@@ -293,12 +291,6 @@ def _torch_layout() -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
     return layout
 
 
-def _describe(names: Sequence[str], limit: int = 5) -> str:
-    names = sorted(names)
-    shown = ", ".join(names[:limit])
-    return f"{shown} and {len(names) - limit} more" if len(names) > limit else shown
-
-
 def from_pytorch_fid(state_dict: Mapping[str, Any]) -> Variables:
     """Converts pytorch-fid's FID Inception state_dict to the variables of `FIDInception`.
 
@@ -316,31 +308,28 @@ def from_pytorch_fid(state_dict: Mapping[str, Any]) -> Variables:
       ValueError: a name is missing or unexpected, or an array has the wrong shape.
     """
     layout = _torch_layout()
+    state_dict = {key: value for key, value in state_dict.items() if key.rsplit(".", 1)[-1] != _IGNORED}
+    found = {key: tuple(np.shape(value)) for key, value in state_dict.items()}
+    expected = {key: _torch_shape(shape) for key, (_, shape) in layout.items()}
+    differences = trees.differences(found, expected)
+    if differences:
+        raise ValueError("not the FID Inception state_dict of pytorch-fid (pt_inception-2015-12-05): "
+                         + trees.summary(differences, shown=5))
     variables: Variables = {}
-    unexpected, misshapen = [], []
     for key, value in state_dict.items():
-        if key.rsplit(".", 1)[-1] == _IGNORED:
-            continue
-        if key not in layout:
-            unexpected.append(key)
-            continue
-        path, shape = layout[key]
-        array = _to_flax_layout(np.asarray(value, dtype=np.float32))
-        if array.shape != shape:
-            torch_shape = (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else shape[::-1]
-            misshapen.append(f"{key} {np.shape(value)}, expected {torch_shape}")
-            continue
+        path, _ = layout[key]
         node = variables
         for part in path[:-1]:
             node = node.setdefault(part, {})
-        node[path[-1]] = array
-    missing = [key for key in layout if key not in state_dict]
-    problems = [f"{label}: {_describe(names)}" for label, names in
-                (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshapen)) if names]
-    if problems:
-        raise ValueError("not the FID Inception state_dict of pytorch-fid (pt_inception-2015-12-05); "
-                         + "; ".join(problems))
+        node[path[-1]] = _to_flax_layout(np.asarray(value, dtype=np.float32))
     return variables
+
+
+def _torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The torch shape of a Flax variable (the inverse of `_to_flax_layout`)."""
+    if len(flax_shape) == 4:
+        return (flax_shape[3], flax_shape[2], flax_shape[0], flax_shape[1])
+    return tuple(flax_shape[::-1])
 
 
 def _download(url: str, destination: str, sha256_prefix: str) -> None:
@@ -380,16 +369,17 @@ def download_inception_weights(cache_dir: str | None = None, *, url: str = FID_W
       The path of the cached file.
 
     Raises:
-      InceptionWeightsUnavailableError (a FileNotFoundError): the download failed (e.g. no network); the
-        message says where to put the file by hand.
-      ValueError: the downloaded bytes do not have the expected checksum (nothing is cached).
+      MissingWeightsError: the download failed (e.g. no network), or its bytes do not have the expected
+        checksum (nothing is cached); the message says where to put the file by hand.
     """
     path = os.path.join(os.path.expanduser(cache_dir or DEFAULT_CACHE_DIR), FID_WEIGHTS_FILE)
     if not os.path.exists(path):
         try:
             _download(url, path, sha256_prefix)
+        except ValueError as e:  # the checksum
+            raise MissingWeightsError(f"{e}. Download {FID_WEIGHTS_URL} by hand and save it as {path}") from e
         except (urllib.error.URLError, OSError) as e:
-            raise InceptionWeightsUnavailableError(
+            raise MissingWeightsError(
                 f"could not download the FID Inception weights from {url} ({e}). Download "
                 f"{FID_WEIGHTS_URL} by hand and save it as {path}, or set config.eval.inception_path to "
                 "where the file is."
@@ -412,21 +402,25 @@ def load_inception_params(path: str | None = None, cache_dir: str | None = None,
       `{'params': ..., 'batch_stats': ...}` for `FIDInception().apply`; float32 NumPy arrays.
 
     Raises:
-      InceptionWeightsUnavailableError (a FileNotFoundError): `path` does not exist, or the download
+      MissingWeightsError: `path` does not exist, or the download
         failed; the message says where to put the file.
-      ValueError: the download's checksum does not match, or the file is damaged or not the FID
-        Inception weights.
+      MissingWeightsError: the download's checksum does not match, or the file is damaged or not the
+        FID Inception weights.
     """
     if path is None:
         path = download_inception_weights(cache_dir, url=url, sha256_prefix=sha256_prefix)
     elif not os.path.exists(path):
-        raise InceptionWeightsUnavailableError(
+        raise MissingWeightsError(
             f"no FID Inception weights at {path} (config.eval.inception_path): download {FID_WEIGHTS_URL} "
             f"there, or leave the path unset to use the cache in {DEFAULT_CACHE_DIR}")
-    state_dict = load_torch_file(path)
-    if not isinstance(state_dict, Mapping):
-        raise ValueError(f"{path} holds a {type(state_dict).__name__}, not a state_dict")
-    return from_pytorch_fid(state_dict)
+    try:
+        state_dict = load_torch_file(path)
+        if not isinstance(state_dict, Mapping):
+            raise ValueError(f"{path} holds a {type(state_dict).__name__}, not a state_dict")
+        return from_pytorch_fid(state_dict)
+    except ValueError as error:  # what the reader and the converter say of a damaged or foreign file
+        raise MissingWeightsError(f"{error}. Download {FID_WEIGHTS_URL} and point config.eval.inception_path "
+                                  "at it") from error
 
 
 @jax.jit

@@ -38,6 +38,11 @@ class Stage(NamedTuple):
     refine_name: str
     refine_width: int
 
+    @property
+    def halves_resolution(self) -> bool:
+        """Whether the stage halves the resolution (a "down" block without dilation)."""
+        return self.downsample and self.dilation == 1
+
 
 class RefineNetScore(nn.Module):
     """NCSNv2-family score network; subclasses set `stages` (listed from the input resolution down).

@@ -1,13 +1,15 @@
-"""--mode stats and --mode eval on a tiny MNIST run: statistics, the sweep, resuming, the best checkpoint."""
+"""--mode stats (evaluation/reference.py) and --mode eval (evaluation/sweep.py) on a tiny MNIST run:
+statistics, the sweep, resuming, the best checkpoint."""
 import json
 import os
 
 import numpy as np
 import pytest
 
-import main
-from ncsn_jax import checkpoints, evaluate, generate, train
-from ncsn_jax.evaluation import digits, metrics
+from ncsn_jax import checkpoints, cli, sharded_sampling, train, weights
+from ncsn_jax.errors import CheckpointNotFoundError, ConfigError, DataError
+from ncsn_jax.evaluation import digits, metrics, reference, sweep
+from ncsn_jax.train_state import SamplingState
 from tests.test_main import tiny_mnist
 
 # Two sampled batches of 8 per checkpoint (the second trimmed to 4), then 16 for the best.
@@ -24,17 +26,12 @@ def trained_workdir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("mnist")
     config = eval_config()
     train.train_and_evaluate(config, str(workdir))
-    main.run(config, str(workdir), "stats")
+    cli.run(config, str(workdir), "stats")
     return workdir
 
 
-def test_8bit_levels():
-    levels = evaluate.to_8bit_levels(np.array([-0.3, 0.0, 0.5, 1.0 / 255 * 0.4, 1.7]))
-    np.testing.assert_allclose(levels, [0.0, 0.0, 128 / 255, 0.0, 1.0], atol=1e-7)
-
-
 def test_stats_are_the_moments_of_every_training_digit(trained_workdir):
-    stats = evaluate.load_reference_statistics(str(trained_workdir / "stats" / "mnist_train.npz"))
+    stats = reference.load_reference_statistics(str(trained_workdir / "stats" / "mnist_train.npz"))
     images, _ = digits.load_labelled_digits("train")
     features, _ = digits.make_digit_feature_fn(digits.load_digit_classifier())(images)
     np.testing.assert_allclose(stats.mu, features.mean(axis=0), rtol=1e-5, atol=1e-5)
@@ -46,10 +43,10 @@ def test_published_statistics_without_kid_features(tmp_path):
     path = tmp_path / "published.npz"
     mu, sigma = np.zeros(3), np.eye(3)
     np.savez(path, mu=mu, sigma=sigma)  # the TTUR / pytorch-fid format
-    stats = evaluate.load_reference_statistics(str(path))
+    stats = reference.load_reference_statistics(str(path))
     assert stats.kid_features is None
     features = np.random.default_rng(0).normal(size=(50, 3))
-    result = evaluate.quality_metrics(features, np.zeros((50, 10)), stats, eval_config())
+    result = sweep.quality_metrics(features, np.zeros((50, 10)), stats, eval_config())
     assert "kid" not in result and result["fd"] == pytest.approx(
         metrics.frechet_distance(features.mean(0), np.cov(features, rowvar=False), mu, sigma))
     assert result["inception_score"] == pytest.approx(1.0)  # uniform class probabilities
@@ -57,7 +54,7 @@ def test_published_statistics_without_kid_features(tmp_path):
 
 def test_eval_sweeps_the_checkpoints_and_keeps_the_best(trained_workdir):
     config = eval_config()
-    report = evaluate.run_eval(config, str(trained_workdir))
+    report = sweep.run_eval(config, str(trained_workdir))
     assert set(report["checkpoints"]) == {"3", "6"}
     fds = {int(step): result["fd"] for step, result in report["checkpoints"].items()}
     assert report["best_step"] == min(fds, key=fds.get)
@@ -75,51 +72,56 @@ def test_eval_sweeps_the_checkpoints_and_keeps_the_best(trained_workdir):
 
 def test_interrupted_eval_resumes_at_the_next_batch(trained_workdir, monkeypatch):
     config = eval_config(**{"eval.final_num_samples": 0})
-    first = evaluate.run_eval(config, str(trained_workdir), checkpoint_step=3)["checkpoints"]["3"]
+    first = sweep.run_eval(config, str(trained_workdir), checkpoint_step=3)["checkpoints"]["3"]
     # As if killed after the first sampled batch: only batch 0 is on disk.
     (step_dir,) = (trained_workdir / "eval").glob("step_3_n12_*")
     os.remove(step_dir / "metrics.json")
     os.remove(step_dir / "batch_00001.npz")
     started_at = []
-    real_sample_batches = generate.sample_batches
+    real_sample_batches = sharded_sampling.sample_batches
 
     def recording_sample_batches(*args, first_batch=0, **kwargs):
         started_at.append(first_batch)
         return real_sample_batches(*args, first_batch=first_batch, **kwargs)
 
-    monkeypatch.setattr(generate, "sample_batches", recording_sample_batches)
-    resumed = evaluate.run_eval(config, str(trained_workdir), checkpoint_step=3)["checkpoints"]["3"]
+    monkeypatch.setattr(sharded_sampling, "sample_batches", recording_sample_batches)
+    resumed = sweep.run_eval(config, str(trained_workdir), checkpoint_step=3)["checkpoints"]["3"]
     assert started_at == [1]
     assert resumed == pytest.approx(first, rel=1e-6)
     # Other sampler settings are other samples: nothing cached is reused.
-    changed = evaluate.run_eval(eval_config(**{"eval.final_num_samples": 0, "sampling.step_lr": 2e-4}),
+    changed = sweep.run_eval(eval_config(**{"eval.final_num_samples": 0, "sampling.step_lr": 2e-4}),
                                 str(trained_workdir), checkpoint_step=3)["checkpoints"]["3"]
     assert started_at == [1, 0] and changed["fd"] != first["fd"]
 
 
 def test_eval_without_statistics_says_to_run_stats(tmp_path):
-    with pytest.raises(FileNotFoundError, match="--mode stats"):
-        main.run(eval_config(), str(tmp_path), "eval")
+    with pytest.raises(DataError, match="--mode stats"):
+        cli.run(eval_config(), str(tmp_path), "eval")
 
 
 def test_statistics_of_other_features_are_refused(trained_workdir, tmp_path):
     path = tmp_path / "inception_like.npz"
     np.savez(path, mu=np.zeros(2048), sigma=np.eye(2048))
-    with pytest.raises(ValueError, match="2048 features"):
-        evaluate.run_eval(eval_config(**{"eval.stats_path": str(path)}), str(trained_workdir))
+    with pytest.raises(ConfigError, match="2048 features"):
+        sweep.run_eval(eval_config(**{"eval.stats_path": str(path)}), str(trained_workdir))
 
 
 def test_eval_of_a_missing_step_is_a_clear_error(trained_workdir):
-    with pytest.raises(generate.CheckpointNotFoundError, match="no checkpoint of step 4"):
-        evaluate.run_eval(eval_config(), str(trained_workdir), checkpoint_step=4)
+    with pytest.raises(CheckpointNotFoundError, match="no checkpoint of step 4"):
+        sweep.run_eval(eval_config(), str(trained_workdir), checkpoint_step=4)
 
 
-def test_kid_reference_is_a_uniform_sample_of_a_sorted_stream():
-    # Rows 0..9999 arrive in order, in batches: a uniform sample of 500 has mean ≈ 4999.5 (sd ≈ 126),
-    # where the first 500 rows would have mean 249.5.
-    reservoir = evaluate._Reservoir(500, np.random.default_rng(0))
-    for start in range(0, 10_000, 100):
-        reservoir.update(np.arange(start, start + 100, dtype=np.float32)[:, None])
-    sample = reservoir.sample()[:, 0]
-    assert sample.shape == (500,) and len(np.unique(sample)) == 500
-    assert abs(sample.mean() - 4999.5) < 4 * 2887 / np.sqrt(500)
+def test_the_sweep_reads_only_the_sampling_weights(trained_workdir, monkeypatch):
+    loaded = []
+    real_load = weights.load_sampling_state
+
+    def recording_load(*args, **kwargs):
+        loaded.append(real_load(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(weights, "load_sampling_state", recording_load)
+    sweep.run_eval(eval_config(**{"eval.final_num_samples": 0}), str(trained_workdir))
+    # Each checkpoint of the sweep, then the best again to keep it: θ' and the ladder, no θ, no Adam.
+    assert [int(state.step) for state in loaded[:2]] == [3, 6] and len(loaded) == 3
+    for state in loaded:
+        assert isinstance(state, SamplingState)

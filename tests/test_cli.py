@@ -1,0 +1,103 @@
+"""The command line's error model: every user error is one `error:` line and exit code 1, no traceback;
+anything else keeps its traceback."""
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from ncsn_jax import checkpoints, cli, train_state
+from ncsn_jax.errors import UserError
+from tests.test_main import REPO, command, tiny_mnist
+
+
+def run_args(args, **kwargs):
+    return subprocess.run([sys.executable, "main.py", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, **kwargs)
+
+
+def assert_one_error_line(result, *fragments):
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), result.stderr[-3000:]
+    assert [line for line in result.stderr.splitlines() if line.startswith("error: ")] == [last]
+    for fragment in fragments:
+        assert fragment in last, last
+
+
+def test_a_missing_config_file(tmp_path):
+    result = run_args(["--config", "configs/nope.py", "--workdir", str(tmp_path), "--mode", "train"])
+    assert_one_error_line(result, "--config", "No such file or directory", "configs/nope.py")
+
+
+def test_a_misspelt_config_field(tmp_path):
+    result = run_args(["--config", "configs/mnist.py", "--workdir", str(tmp_path), "--config.training.batchsize=8"])
+    assert_one_error_line(result, "batchsize", 'Did you mean "batch_size"')
+
+
+def test_a_bad_flag_value(tmp_path):
+    result = run_args(["--config", "configs/mnist.py", "--workdir", str(tmp_path), "--config.training.batch_size=x"])
+    assert_one_error_line(result, "--config.training.batch_size=x")
+
+
+def test_a_workdir_that_is_a_file(tmp_path):
+    workdir = tmp_path / "a_file"
+    workdir.write_text("not a folder")
+    args, env = command(workdir)
+    result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert_one_error_line(result, str(workdir), "is a file, not a folder")
+    assert workdir.read_text() == "not a folder"
+
+
+def test_only_unreadable_checkpoints(tmp_path):
+    config = tiny_mnist()
+    with checkpoints.Checkpointer(tmp_path / "checkpoints", async_save=False) as checkpointer:
+        checkpointer.save(3, train_state.create_train_state(config, jax.random.key(0)).replace(step=3))
+    for data_file in (tmp_path / "checkpoints" / "3").rglob("*"):
+        if data_file.is_file() and data_file.parent.name == "d":
+            data_file.write_bytes(b"")
+    args, env = command(tmp_path, mode="sample")
+    result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert_one_error_line(result, "none of the checkpoints", "steps [3]")
+
+
+def test_missing_fid_weights(tmp_path):
+    # CIFAR-10 features are the FID Inception's; with no weights at the path given (and no network) the
+    # statistics cannot be computed.
+    result = run_args(["--config", "configs/tiny.py", "--workdir", str(tmp_path), "--mode", "stats",
+                       f"--config.eval.inception_path={tmp_path / 'absent.pth'}"])
+    assert_one_error_line(result, "no FID Inception weights at", "absent.pth")
+
+
+def test_a_non_finite_loss(tmp_path):
+    args, env = command(tmp_path, **{"optim.lr": 1e30, "training.n_iters": 4, "training.log_freq": 2})
+    result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert_one_error_line(result, "the training loss is", "Lower --config.optim.lr")
+
+
+def test_only_user_errors_are_shortened(monkeypatch, capsys):
+    cli.FLAGS(["main.py", "--config", str(REPO / "configs" / "tiny.py")])
+    try:
+        def user_error(*args):
+            raise UserError("what to do")
+
+        monkeypatch.setattr(cli, "run", user_error)
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["main.py"])
+        assert exit_info.value.code == 1 and capsys.readouterr().err == "error: what to do\n"
+
+        def bug(*args):
+            raise ValueError("a bug")
+
+        # A ValueError from inside the library is a bug: it propagates, and absl prints its traceback.
+        monkeypatch.setattr(cli, "run", bug)
+        with pytest.raises(ValueError, match="a bug"):
+            cli.main(["main.py"])
+    finally:
+        cli.FLAGS.unparse_flags()
+
+
+def test_every_mode_needs_a_workdir_but_tune():
+    with pytest.raises(UserError, match="--workdir is required for --mode sample"):
+        cli.run(tiny_mnist(), None, "sample")
