@@ -33,7 +33,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from ncsn_jax import trees
-from ncsn_jax.errors import CheckpointMismatchError, CheckpointNotFoundError, UnreadableCheckpointError
+from ncsn_jax.errors import (CheckpointMismatchError, CheckpointNotFoundError, CheckpointWriteError,
+                             UnreadableCheckpointError)
 
 _STATE = "state"
 # Orbax names a step directory by the bare step number; a set-aside damaged checkpoint gets this suffix,
@@ -41,36 +42,51 @@ _STATE = "state"
 _UNREADABLE_SUFFIX = ".unreadable"
 
 
-def silence_abandoned_reads() -> None:
-    """Keeps the noise of a damaged checkpoint's abandoned reads off stderr (for programs; idempotent).
+def silence_abandoned_io() -> None:
+    """Keeps the noise of abandoned reads and writes off stderr (for programs; idempotent).
 
     When one array of a checkpoint cannot be read, Orbax gives up the restore while its other reads are
     still running: asyncio later logs each abandoned task's error with a traceback ("Task exception was
     never retrieved"), and TensorStore calls back into the event loop Orbax has closed, which Python
-    reports as an unraisable exception. `restore_latest` has already said, in one line, which checkpoint
-    is damaged and why, so both are dropped; every other asyncio record and unraisable exception passes.
-    Only for programs in which nothing but Orbax runs asyncio tasks (main.py).
+    reports as an unraisable exception; a failed background save leaves Orbax coroutines that fail again
+    when the interpreter shuts down, and its background threads log the failure with a traceback for each.
+    `restore_latest` and `wait_until_finished` say in one line what is damaged or failed and why, so the
+    first two are dropped and Orbax's error records keep their message but lose their traceback; every
+    other record and unraisable exception passes. Only for programs in which nothing but Orbax runs
+    asyncio tasks (main.py).
     """
     asyncio_logger = python_logging.getLogger("asyncio")
-    if not any(isinstance(f, _AbandonedOrbaxReads) for f in asyncio_logger.filters):
-        asyncio_logger.addFilter(_AbandonedOrbaxReads())
+    if not any(isinstance(f, _AbandonedOrbaxTasks) for f in asyncio_logger.filters):
+        asyncio_logger.addFilter(_AbandonedOrbaxTasks())
+    absl_logger = python_logging.getLogger("absl")
+    if not any(isinstance(f, _OrbaxErrorsWithoutTracebacks) for f in absl_logger.filters):
+        absl_logger.addFilter(_OrbaxErrorsWithoutTracebacks())
     if not getattr(sys.unraisablehook, "_ncsn_jax", False):
         previous = sys.unraisablehook
 
         def hook(unraisable):
-            error = unraisable.exc_value
-            if not (isinstance(error, RuntimeError) and "Event loop is closed" in str(error)):
+            error, code = unraisable.exc_value, getattr(unraisable.object, "cr_code", None)
+            closed_loop = isinstance(error, RuntimeError) and "Event loop is closed" in str(error)
+            orbax_coroutine = code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+            if not (closed_loop or orbax_coroutine):
                 previous(unraisable)
 
         hook._ncsn_jax = True
         sys.unraisablehook = hook
 
 
-class _AbandonedOrbaxReads(python_logging.Filter):
+class _AbandonedOrbaxTasks(python_logging.Filter):
     # Only Orbax (with TensorStore) runs asyncio tasks in this program, so an asyncio task whose error
     # nobody retrieved is one of its abandoned reads.
     def filter(self, record: python_logging.LogRecord) -> bool:
         return "exception was never retrieved" not in record.getMessage()
+
+
+class _OrbaxErrorsWithoutTracebacks(python_logging.Filter):
+    def filter(self, record: python_logging.LogRecord) -> bool:
+        if record.levelno >= python_logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname:
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
 class Checkpointer:
@@ -126,6 +142,8 @@ class Checkpointer:
         )
         # Steps that `restore_latest` found damaged and skipped; set aside at the next save (see `save`).
         self._unreadable: list[int] = []
+        # The step of a save started and not yet known to be on disk.
+        self._pending: int | None = None
 
     @property
     def directory(self) -> str:
@@ -162,10 +180,15 @@ class Checkpointer:
         Raises:
           ValueError: (Orbax's StepAlreadyExistsError) `force` and a checkpoint of `step` exists: steps are
             never overwritten.
+          CheckpointWriteError: the previous save failed to write its files (e.g. the disk is full).
         """
+        self.wait_until_finished()  # the previous save's failure is reported as what it is
         self._set_aside_unreadable()
-        return self._manager.save(step, args=ocp.args.Composite(**{_STATE: ocp.args.PyTreeSave(state)}),
-                                  force=force, metrics=metrics)
+        started = self._manager.save(step, args=ocp.args.Composite(**{_STATE: ocp.args.PyTreeSave(state)}),
+                                     force=force, metrics=metrics)
+        if started:
+            self._pending = step
+        return started
 
     def restore(self, step: int, template: Any) -> Any:
         """The checkpoint of `step`, with the arrays placed as in `template`.
@@ -233,12 +256,33 @@ class Checkpointer:
         return self._manager.reached_preemption(step)
 
     def wait_until_finished(self) -> None:
-        """Blocks until every started save is on disk; raises the error of a failed one."""
-        self._manager.wait_until_finished()
+        """Blocks until every started save is on disk.
+
+        Raises:
+          CheckpointWriteError: a save failed to write its files; the message says why (e.g. no space left
+            on the device) and which checkpoint is the latest complete one.
+        """
+        pending, self._pending = self._pending, None
+        try:
+            self._manager.wait_until_finished()
+        except Exception as error:  # pylint: disable=broad-exception-caught
+            if pending is None:
+                raise
+            self._manager.reload()
+            latest = self.latest_step()
+            kept = ("no checkpoint is complete" if latest is None
+                    else f"the latest complete checkpoint is step {latest}")
+            raise CheckpointWriteError(
+                f"writing checkpoint {pending} to {self.directory} failed: {_write_failure_reason(error)}; "
+                f"{kept}. Make room (or fix the folder) and run the same command again to resume."
+            ) from error
 
     def close(self) -> None:
-        """Waits for pending saves and releases the manager's threads."""
-        self._manager.close()
+        """Waits for pending saves (see `wait_until_finished`) and releases the manager's threads."""
+        try:
+            self.wait_until_finished()
+        finally:
+            self._manager.close()
 
     def __enter__(self) -> Checkpointer:
         return self
@@ -292,6 +336,19 @@ class Checkpointer:
             multihost_utils.sync_global_devices("ncsn_jax.checkpoints.set_aside_unreadable")
         self._manager.reload()
         self._unreadable = []
+
+
+# What a failed write ran into, as the operating system says it (TensorStore puts it inside long messages).
+_WRITE_FAILURES = ("No space left on device", "Disk quota exceeded", "Permission denied", "Read-only file system",
+                   "File too large")
+
+
+def _write_failure_reason(error: Exception) -> str:
+    text = str(error)
+    for reason in _WRITE_FAILURES:
+        if reason in text:
+            return reason.lower().replace("device", "the device")
+    return text.splitlines()[0][:300] if text else type(error).__name__
 
 
 def _check_same_arrays(step: int, directory: str, saved_layout: dict[str, Any], template: Any) -> None:

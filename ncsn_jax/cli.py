@@ -96,7 +96,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    checkpoints.silence_abandoned_reads()
+    checkpoints.silence_abandoned_io()
     if FLAGS.multihost:
         jax.distributed.initialize()
     logging.info("JAX process %d of %d, %d devices", jax.process_index(), jax.process_count(), jax.device_count())

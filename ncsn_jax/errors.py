@@ -28,6 +28,10 @@ class UnreadableCheckpointError(UserError):
     """A checkpoint's files are damaged or missing; the message names the step, the file and the reason."""
 
 
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (a full disk, a quota, permissions); the earlier ones are intact."""
+
+
 class CheckpointMismatchError(UserError, ValueError):
     """The checkpoints in a workdir are of another network or config than the one asked for."""
 

@@ -8,6 +8,8 @@ from typing import Mapping
 import jax
 from absl import logging
 
+from ncsn_jax.errors import WorkdirError
+
 
 class MetricWriter:
     """Writes scalar metrics to the log, `<workdir>/metrics.jsonl` and TensorBoard event files.
@@ -19,6 +21,7 @@ class MetricWriter:
 
     def __init__(self, workdir: str | os.PathLike):
         self._active = jax.process_index() == 0
+        self._workdir = os.fspath(workdir)
         self._jsonl = None
         self._summary_writer = None
         if not self._active:
@@ -38,12 +41,16 @@ class MetricWriter:
             return
         values = {name: float(value) for name, value in metrics.items()}
         logging.info("step %d: %s", step, ", ".join(f"{k}={v:.6g}" for k, v in values.items()))
-        self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
-        self._jsonl.flush()
-        if self._summary_writer is not None:
-            for name, value in values.items():
-                self._summary_writer.add_scalar(name, value, step)
-            self._summary_writer.flush()
+        try:
+            self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
+            self._jsonl.flush()
+            if self._summary_writer is not None:
+                for name, value in values.items():
+                    self._summary_writer.add_scalar(name, value, step)
+                self._summary_writer.flush()
+        except OSError as error:  # a full disk, a quota, a folder removed under the run
+            raise WorkdirError(f"writing the metrics to {self._workdir} failed: {error.strerror or error}. "
+                               "Make room (or fix the folder) and run the same command again to resume.") from error
 
     def close(self) -> None:
         """Flushes and closes the files; the TensorBoard writer's thread ends here."""

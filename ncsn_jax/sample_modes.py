@@ -65,7 +65,8 @@ def run_mode(
         nrow = settings.completions_per_image + 1
     else:
         starts = _test_images(config, settings.num_references)
-        images_out = sharded_sampling.interpolate(score_fn, sigmas, settings, rng, starts, settings.n_interpolations, mesh)
+        images_out = sharded_sampling.interpolate(
+            score_fn, sigmas, settings, rng, starts, settings.n_interpolations, mesh)
         nrow = settings.n_interpolations
 
     out_dir = os.path.join(workdir, mode)

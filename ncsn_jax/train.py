@@ -22,6 +22,7 @@ from ncsn_jax import checkpoints, datasets, images, losses, metric_logging, para
 from ncsn_jax.errors import NonFiniteLossError
 from ncsn_jax.score import get_score_fn
 from ncsn_jax.train_state import TrainState
+from ncsn_jax.workdir_lock import WorkdirLock
 
 
 def _loss(params, state: TrainState, batch: jax.Array, rng: jax.Array) -> jax.Array:
@@ -77,11 +78,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     Raises:
       NonFiniteLossError: the loss became NaN/inf (the checkpoints saved before it are kept).
+      WorkdirError: another training run uses `workdir`; CheckpointWriteError (one): a checkpoint could not
+        be written (the earlier ones are kept).
     """
     training = config.training
     mesh = parallel.data_mesh()
     host_batch_size = parallel.per_host_batch_size(training.batch_size, mesh)
-    parallel.per_host_batch_size(config.sampling.batch_size, mesh, "sampling.batch_size")  # fail now, not at the first snapshot
+    # Fails now rather than at the first snapshot.
+    parallel.per_host_batch_size(config.sampling.batch_size, mesh, "sampling.batch_size")
     key = jax.random.key(config.seed)
     init_key, step_key, eval_key, sample_key = jax.random.split(key, 4)
     image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
@@ -89,6 +93,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     # Every resource is closed on every path, errors included: pending checkpoint saves are completed
     # rather than lost, and no writer thread outlives the run.
     with contextlib.ExitStack() as resources:
+        resources.enter_context(WorkdirLock(workdir, "train"))
         checkpointer = resources.enter_context(checkpoints.Checkpointer(
             os.path.join(workdir, "checkpoints"), max_to_keep=training.keep_checkpoints,
             keep_every=training.keep_every,

@@ -236,7 +236,8 @@ def test_a_sampling_template_reads_only_the_ema_parameters_and_the_ladder(traine
     assert_bitwise_equal((restored.step, restored.ema_params, restored.sigmas),
                          (expected.step, expected.ema_params, expected.sigmas))
     # θ' differs from θ after two steps, so the restore cannot have read the training parameters.
-    assert not np.array_equal(jax.tree.leaves(expected.ema_params)[0], jax.tree.leaves(expected.params)[0])
+    assert not np.array_equal(jax.tree.leaves(expected.ema_params)[0],
+                              jax.tree.leaves(expected.params)[0])
     for leaf in jax.tree.leaves(restored):
         assert len(leaf.addressable_shards) == len(jax.devices())
 

@@ -1,5 +1,7 @@
 """The command line's error model: every user error is one `error:` line and exit code 1, no traceback;
 anything else keeps its traceback."""
+import shlex
+import shutil
 import subprocess
 import sys
 
@@ -101,3 +103,35 @@ def test_only_user_errors_are_shortened(monkeypatch, capsys):
 def test_every_mode_needs_a_workdir_but_tune():
     with pytest.raises(UserError, match="--workdir is required for --mode sample"):
         cli.run(tiny_mnist(), None, "sample")
+
+
+def _can_mount_tmpfs() -> bool:
+    probe = subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", "mount -t tmpfs tmpfs /mnt"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not shutil.which("unshare") or not _can_mount_tmpfs(),
+                    reason="needs a private tmpfs (unshare --mount --map-root-user)")
+def test_a_full_disk_keeps_the_last_good_checkpoint_and_the_rerun_resumes(tmp_path):
+    # A 4 MB tmpfs holds one checkpoint of the tiny MNIST network (2.4 MB) but not two: the step-4 save
+    # fails. Then the disk is grown, as a user would make room, and the same command resumes.
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    args, env = command(disk / "w", **{"training.n_iters": 6, "training.snapshot_freq": 2,
+                                       "training.snapshot_samples": 0, "training.keep_checkpoints": 5})
+    train = " ".join(shlex.quote(arg) for arg in args)
+    script = (f"mount -t tmpfs -o size=4m tmpfs {disk} && cd {REPO} && "
+              f"{{ {train} 2> {tmp_path / 'first.log'}; echo $? > {tmp_path / 'first.rc'}; }} && "
+              f"mount -o remount,size=64m {disk} && "
+              f"{{ {train} 2> {tmp_path / 'second.log'}; echo $? > {tmp_path / 'second.rc'}; }} && "
+              f"ls {disk / 'w' / 'checkpoints'} > {tmp_path / 'steps'}")
+    subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", script], env=env, timeout=600, check=True)
+    first = subprocess.CompletedProcess(args, int((tmp_path / "first.rc").read_text()),
+                                        stderr=(tmp_path / "first.log").read_text())
+    assert_one_error_line(first, "no space left on the device", "the latest complete checkpoint is step 2",
+                          "run the same command again to resume")
+    second = (tmp_path / "second.log").read_text()
+    assert int((tmp_path / "second.rc").read_text()) == 0, second[-3000:]
+    assert "resuming from step 2" in second
+    assert "6" in (tmp_path / "steps").read_text().split()

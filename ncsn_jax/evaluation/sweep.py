@@ -33,6 +33,7 @@ from ncsn_jax.evaluation import metrics
 from ncsn_jax.evaluation.features import FeatureExtractor, feature_extractor
 from ncsn_jax.evaluation.reference import ReferenceStatistics, load_reference_statistics, statistics_path
 from ncsn_jax.train_state import SamplingState
+from ncsn_jax.workdir_lock import WorkdirLock
 
 
 def quality_metrics(
@@ -157,41 +158,44 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str, checkpoint_step: i
     The best checkpoint's θ' and ladder (lowest Fréchet distance on `eval.num_samples`) are also saved to
     `<workdir>/checkpoints_best`, where Orbax keeps the best one of every sweep so far.
     """
-    reference = load_reference_statistics(statistics_path(config, workdir))
-    extractor = feature_extractor(config)
-    feature_dim = extractor.feature_dim((config.data.image_size, config.data.image_size, config.data.channels))
-    if reference.mu.shape[0] != feature_dim:
-        raise ConfigError(
-            f"the reference statistics at {statistics_path(config, workdir)} have {reference.mu.shape[0]} "
-            f"features, but {extractor.name} gives {feature_dim}: recompute them with --mode stats and the "
-            "same config.eval.features")
-    mesh = parallel.data_mesh()
-    steps = steps_to_evaluate(weights.checkpoint_steps(workdir), config, checkpoint_step)
-    eval_dir = os.path.join(workdir, "eval")
-    results = {}
-    for step in steps:
-        # Only θ' and the ladder are read, and one checkpoint's at a time.
-        state = weights.load_sampling_state(config, workdir, mesh, step)
-        results[step] = evaluate_checkpoint(
-            state, config, extractor, reference, config.eval.num_samples, mesh, eval_dir)
-        logging.info("step %d: %s", step, _summary(results[step]))
-        del state
-    best_step = min(steps, key=lambda step: results[step]["fd"])
-    state = weights.load_sampling_state(config, workdir, mesh, best_step)
-    report = {"features": extractor.name, "reference": statistics_path(config, workdir),
-              "checkpoints": {str(s): r for s, r in results.items()}, "best_step": best_step}
+    with WorkdirLock(workdir, "eval"):  # one sweep at a time writes the feature cache and report
+        reference = load_reference_statistics(statistics_path(config, workdir))
+        extractor = feature_extractor(config)
+        feature_dim = extractor.feature_dim((config.data.image_size, config.data.image_size, config.data.channels))
+        if reference.mu.shape[0] != feature_dim:
+            raise ConfigError(
+                f"the reference statistics at {statistics_path(config, workdir)} have {reference.mu.shape[0]} "
+                f"features, but {extractor.name} gives {feature_dim}: recompute them with --mode stats and the "
+                "same config.eval.features")
+        mesh = parallel.data_mesh()
+        steps = steps_to_evaluate(weights.checkpoint_steps(workdir), config, checkpoint_step)
+        eval_dir = os.path.join(workdir, "eval")
+        results = {}
+        for step in steps:
+            # Only θ' and the ladder are read, and one checkpoint's at a time.
+            state = weights.load_sampling_state(config, workdir, mesh, step)
+            results[step] = evaluate_checkpoint(
+                state, config, extractor, reference, config.eval.num_samples, mesh, eval_dir)
+            logging.info("step %d: %s", step, _summary(results[step]))
+            del state
+        best_step = min(steps, key=lambda step: results[step]["fd"])
+        state = weights.load_sampling_state(config, workdir, mesh, best_step)
+        report = {"features": extractor.name, "reference": statistics_path(config, workdir),
+                  "checkpoints": {str(s): r for s, r in results.items()}, "best_step": best_step}
 
-    with checkpoints.Checkpointer(os.path.join(workdir, weights.BEST_CHECKPOINTS), keep_best_by="fd") as best:
-        if best_step not in best.all_steps():
-            # force: Orbax otherwise refuses a step older than the one it holds; it then keeps the lower FD.
-            best.save(best_step, state, force=True, metrics={"fd": results[best_step]["fd"]})
-    final_samples = config.eval.final_num_samples
-    if final_samples > config.eval.num_samples:
-        report["best"] = evaluate_checkpoint(state, config, extractor, reference, final_samples, mesh, eval_dir)
-        logging.info("best step %d on %d samples: %s", best_step, final_samples, _summary(report["best"]))
-    if jax.process_index() == 0:
-        with open(os.path.join(eval_dir, "report.json"), "w") as file:
-            json.dump(report, file, indent=1)
+        best_directory = os.path.join(workdir, weights.BEST_CHECKPOINTS)
+        with checkpoints.Checkpointer(best_directory, keep_best_by="fd") as best:
+            if best_step not in best.all_steps():
+                # force: Orbax otherwise refuses a step older than the one it holds; it keeps the lower FD.
+                best.save(best_step, state, force=True, metrics={"fd": results[best_step]["fd"]})
+        final_samples = config.eval.final_num_samples
+        if final_samples > config.eval.num_samples:
+            report["best"] = evaluate_checkpoint(
+                state, config, extractor, reference, final_samples, mesh, eval_dir)
+            logging.info("best step %d on %d samples: %s", best_step, final_samples, _summary(report["best"]))
+        if jax.process_index() == 0:
+            with open(os.path.join(eval_dir, "report.json"), "w") as file:
+                json.dump(report, file, indent=1)
     return report
 
 
