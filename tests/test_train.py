@@ -119,7 +119,8 @@ def test_cosine_schedule_steps_follow_the_closed_form():
     for t in range(4):
         updates, opt_state = tx.update(grads, opt_state, params)
         expected = config.optim.lr * 0.5 * (1 + np.cos(np.pi * t / 4))
-        np.testing.assert_allclose(np.abs(updates["w"]), expected, rtol=1e-5)
+        # (float32 bias corrections: 1e-5 relative; a constant rate is off by 15% or more after step 0)
+        np.testing.assert_allclose(np.abs(updates["w"]), expected, rtol=1e-4)
         np.testing.assert_array_equal(np.sign(updates["w"]), -np.sign(grads["w"]))
 
 

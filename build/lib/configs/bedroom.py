@@ -1,0 +1,22 @@
+"""LSUN bedroom at 128×128 (resize the short side, centre crop): NCSNv2Deeper, σ1 = 190, L = 1086, T = 3,
+ε = 1.8e-6.
+
+    python main.py --config configs/bedroom.py --workdir runs/bedroom --mode train
+
+Paper: 150k steps at batch 128, about 52 h on 8 V100; samples only (no FID reported).
+"""
+from configs.default import get_default_config
+
+
+def get_config():
+    config = get_default_config()
+    config.data.dataset = "bedroom"
+    config.data.image_size = 128
+    config.model.name = "ncsnv2_deeper"
+    config.model.sigma_begin = 190.0
+    config.model.num_scales = 1086
+    config.training.n_iters = 150_000
+    config.sampling.batch_size = 36
+    config.sampling.n_steps_each = 3
+    config.sampling.step_lr = 1.8e-6
+    return config

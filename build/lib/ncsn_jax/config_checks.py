@@ -1,0 +1,92 @@
+"""The one validator of config values: run before any work starts, messages that name the field to change.
+
+Library functions check only what their own arguments must satisfy; every rule about what a config
+field may hold lives here.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from ncsn_jax.datasets import DATASETS
+from ncsn_jax.errors import ConfigError
+from ncsn_jax.models import COMPUTE_DTYPES, MODELS
+from ncsn_jax.train_state import LR_SCHEDULES
+
+FEATURES = ("auto", "inception", "digits")
+
+
+def halvings(model_name: str) -> int:
+    """How many times the network named `model_name` halves the resolution (from its stage table)."""
+    return sum(stage.halves_resolution for stage in MODELS[model_name].stages)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming the first config field whose value cannot work."""
+    positive_ints = {
+        "data.image_size": config.data.image_size,
+        "data.channels": config.data.channels,
+        "model.ngf": config.model.ngf,
+        "training.batch_size": config.training.batch_size,
+        "training.n_iters": config.training.n_iters,
+        "training.log_freq": config.training.log_freq,
+        "training.eval_freq": config.training.eval_freq,
+        "training.snapshot_freq": config.training.snapshot_freq,
+        "training.keep_checkpoints": config.training.keep_checkpoints,
+        "sampling.batch_size": config.sampling.batch_size,
+        "sampling.n_steps_each": config.sampling.n_steps_each,
+        "model.num_scales": config.model.num_scales,
+        "eval.batch_size": config.eval.batch_size,
+        "eval.num_samples": config.eval.num_samples,
+        "eval.kid_subsets": config.eval.kid_subsets,
+        "eval.kid_subset_size": config.eval.kid_subset_size,
+        "eval.kid_reference_size": config.eval.kid_reference_size,
+    }
+    for field, value in positive_ints.items():
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"config.{field} must be a positive integer, got {value!r}")
+    if config.model.num_scales < 2:
+        raise ConfigError(f"config.model.num_scales must be at least 2 (σ1 and σL), got {config.model.num_scales}")
+    if config.data.dataset not in DATASETS:
+        raise ConfigError(f"config.data.dataset is {config.data.dataset!r}; choose one of {', '.join(DATASETS)}")
+    if config.data.channels not in (1, 3):
+        raise ConfigError(f"config.data.channels must be 1 or 3, got {config.data.channels!r}")
+    if config.model.name not in MODELS:
+        raise ConfigError(f"config.model.name is {config.model.name!r}; choose one of {sorted(MODELS)}")
+    if config.model.dtype not in COMPUTE_DTYPES:
+        raise ConfigError(f"config.model.dtype is {config.model.dtype!r}; choose one of {sorted(COMPUTE_DTYPES)}")
+    times = halvings(config.model.name)
+    if config.data.image_size % 2**times:
+        raise ConfigError(
+            f"config.data.image_size {config.data.image_size} must be divisible by {2**times} for "
+            f"{config.model.name} (it halves the resolution {times} time(s))"
+        )
+    if not 0 < config.model.sigma_end < config.model.sigma_begin:
+        raise ConfigError(
+            f"need 0 < config.model.sigma_end < config.model.sigma_begin, got sigma_end="
+            f"{config.model.sigma_end} and sigma_begin={config.model.sigma_begin}"
+        )
+    if not 0 < config.sampling.step_lr < 2 * config.model.sigma_end**2:
+        raise ConfigError(
+            f"config.sampling.step_lr {config.sampling.step_lr} must lie in (0, 2·sigma_end²) = "
+            f"(0, {2 * config.model.sigma_end**2:g}) for Langevin dynamics to be stable"
+        )
+    if not 0 <= config.model.ema_rate < 1:
+        raise ConfigError(f"config.model.ema_rate must lie in [0, 1), got {config.model.ema_rate}")
+    if config.optim.lr <= 0:
+        raise ConfigError(f"config.optim.lr must be positive, got {config.optim.lr}")
+    if config.optim.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"config.optim.lr_schedule is {config.optim.lr_schedule!r}; choose one of "
+                          f"{sorted(LR_SCHEDULES)}")
+    if config.eval.features not in FEATURES:
+        raise ConfigError(f"config.eval.features is {config.eval.features!r}; choose one of {list(FEATURES)}")
+    if config.eval.features == "digits" and (config.data.image_size, config.data.channels) != (28, 1):
+        raise ConfigError("config.eval.features 'digits' needs 28×28 grey images (the MNIST config); use "
+                          "'inception' for this dataset")
+    if config.eval.stats_split not in ("train", "test"):
+        raise ConfigError(f"config.eval.stats_split must be 'train' or 'test', got {config.eval.stats_split!r}")
+    if not isinstance(config.training.snapshot_samples, int) or config.training.snapshot_samples < 0:
+        raise ConfigError(f"config.training.snapshot_samples must be 0 (no grids) or a positive integer, "
+                         f"got {config.training.snapshot_samples!r}")
+    if not isinstance(config.eval.final_num_samples, int) or config.eval.final_num_samples < 0:
+        raise ConfigError(f"config.eval.final_num_samples must be 0 (skip) or a positive integer, "
+                         f"got {config.eval.final_num_samples!r}")

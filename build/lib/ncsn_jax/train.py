@@ -1,0 +1,173 @@
+"""The pure jit-compiled training and evaluation steps, and the training loop.
+
+The steps are pure functions of the train state (`ncsn_jax.train_state`: parameters, Adam, the EMA of
+the parameters and the ladder), a batch and a key; `train_and_evaluate` is the one function that does
+I/O (data, checkpoints, logs, sample grids).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+from absl import logging
+
+from ncsn_jax import checkpoints, datasets, images, losses, metric_logging, parallel, sharded_sampling, train_state
+from ncsn_jax.errors import NonFiniteLossError
+from ncsn_jax.score import get_score_fn
+from ncsn_jax.train_state import TrainState
+from ncsn_jax.workdir_lock import WorkdirLock
+
+
+def _loss(params, state: TrainState, batch: jax.Array, rng: jax.Array) -> jax.Array:
+    return losses.dsm_loss(get_score_fn(state.model, params), batch, state.sigmas, rng)
+
+
+@jax.jit
+def eval_step(state: TrainState, batch: jax.Array, rng: jax.Array) -> dict[str, jax.Array]:
+    """The DSM loss of the EMA parameters on a batch (the official test loss).
+
+    Args:
+      state: the train state.
+      batch: (B, H, W, C) images in [0, 1].
+      rng: PRNG key for the levels and the noise.
+    """
+    return {"loss": _loss(state.ema_params, state, batch, rng)}
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def train_step(state: TrainState, batch: jax.Array, rng: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One Adam step on the DSM loss, then the EMA update. Donates `state`.
+
+    Args:
+      state: the train state (its buffers are reused for the result: do not use it afterwards).
+      batch: (B, H, W, C) images in [0, 1]. Sharded over a device mesh's batch axis, with the state
+        replicated, the step runs data-parallel: the compiler inserts the gradient all-reduce.
+      rng: PRNG key for this step's levels and noise (e.g. `jax.random.fold_in(key, step)`).
+
+    Returns:
+      (new state, metrics {'loss', 'grad_norm'}); the loss is that of the parameters before the step.
+    """
+    loss, grads = jax.value_and_grad(_loss)(state.params, state, batch, rng)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    m = state.ema_rate
+    ema_params = jax.tree.map(lambda e, p: m * e + (1.0 - m) * p, state.ema_params, params)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params)
+    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """The training loop: the one function here that does I/O.
+
+    Resumes from the latest checkpoint in `<workdir>/checkpoints` when there is one: the state (step,
+    parameters, Adam, EMA), the per-step keys (`fold_in(key, step)`) and the data position (a function of
+    the step) all continue exactly, so an interrupted run ends where an uninterrupted one would.
+    Logs the training loss every `log_freq` steps and the EMA test loss every `eval_freq` steps; saves a
+    checkpoint and a sample grid every `snapshot_freq` steps, at the end, and when the machine is being
+    preempted.
+
+    Returns:
+      The final train state.
+
+    Raises:
+      NonFiniteLossError: the loss became NaN/inf (the checkpoints saved before it are kept).
+      WorkdirError: another training run uses `workdir`; CheckpointWriteError (one): a checkpoint could not
+        be written (the earlier ones are kept).
+    """
+    training = config.training
+    mesh = parallel.data_mesh()
+    host_batch_size = parallel.per_host_batch_size(training.batch_size, mesh)
+    # Fails now rather than at the first snapshot.
+    parallel.per_host_batch_size(config.sampling.batch_size, mesh, "sampling.batch_size")
+    key = jax.random.key(config.seed)
+    init_key, step_key, eval_key, sample_key = jax.random.split(key, 4)
+    image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
+
+    # Every resource is closed on every path, errors included: pending checkpoint saves are completed
+    # rather than lost, and no writer thread outlives the run.
+    with contextlib.ExitStack() as resources:
+        resources.enter_context(WorkdirLock(workdir, "train"))
+        checkpointer = resources.enter_context(checkpoints.Checkpointer(
+            os.path.join(workdir, "checkpoints"), max_to_keep=training.keep_checkpoints,
+            keep_every=training.keep_every,
+        ))
+        state = checkpointer.restore_latest(train_state.abstract_train_state(config, mesh))
+        if state is None:
+            state = train_state.init_train_state(config, init_key, mesh)
+        else:
+            logging.info("resuming from step %d", int(state.step))
+        start_step = int(state.step)
+        last_saved = checkpointer.latest_step()
+
+        train_batches = parallel.prefetch_to_mesh(
+            datasets.get_dataset(config, "train", host_batch_size, start_step=start_step), mesh
+        )
+        test_batches = parallel.prefetch_to_mesh(
+            datasets.get_dataset(config, "test", host_batch_size, start_step=start_step // training.eval_freq),
+            mesh,
+        )
+        writer = resources.enter_context(metric_logging.MetricWriter(workdir))
+        progress = resources.enter_context(tqdm.tqdm(
+            total=training.n_iters, initial=start_step, desc="train", unit="step",
+            disable=jax.process_index() != 0, dynamic_ncols=True,
+        ))
+
+        window_losses: list[tuple[int, jax.Array]] = []
+        window_start = time.perf_counter()
+        for step in range(start_step, training.n_iters):
+            state, metrics = train_step(state, next(train_batches), jax.random.fold_in(step_key, step))
+            window_losses.append((step + 1, metrics["loss"]))
+            done = step + 1
+            progress.update(1)
+
+            if done % training.log_freq == 0 or done == training.n_iters:
+                _raise_if_not_finite(window_losses, last_saved)
+                elapsed = time.perf_counter() - window_start
+                steps_per_s = len(window_losses) / elapsed
+                writer.write(done, {
+                    "train/loss": float(window_losses[-1][1]),
+                    "train/steps_per_s": steps_per_s,
+                    "train/images_per_s": steps_per_s * training.batch_size,
+                })
+                progress.set_postfix(loss=f"{float(window_losses[-1][1]):.4g}")
+                window_losses, window_start = [], time.perf_counter()
+
+            if done % training.eval_freq == 0:
+                eval_metrics = eval_step(state, next(test_batches), jax.random.fold_in(eval_key, done))
+                writer.write(done, {"test/loss_ema": float(eval_metrics["loss"])})
+
+            preempted = checkpointer.reached_preemption(done)
+            if done % training.snapshot_freq == 0 or done == training.n_iters or preempted:
+                _raise_if_not_finite(window_losses, last_saved)  # never save a state that has gone non-finite
+                checkpointer.save(done, state, force=True)
+                last_saved = done
+                logging.info("saved checkpoint at step %d", done)
+                if training.snapshot_samples and not preempted:
+                    samples = sharded_sampling.draw_samples(
+                        state.score_fn(), state.sigmas, config.sampling, image_shape,
+                        jax.random.fold_in(sample_key, done), training.snapshot_samples, mesh, progress_bar=False,
+                    )
+                    if jax.process_index() == 0:
+                        images.save_grid(samples, os.path.join(workdir, "samples", f"samples_{done:07d}.png"))
+            if preempted:
+                logging.warning("preemption signalled: saved step %d and stopping", done)
+                break
+    return state
+
+
+def _raise_if_not_finite(losses_by_step: list[tuple[int, jax.Array]], last_saved: int | None) -> None:
+    for step, loss in losses_by_step:
+        if not np.isfinite(float(loss)):
+            kept = ("no checkpoint was saved before it" if last_saved is None else
+                    f"the checkpoints up to step {last_saved} are kept")
+            raise NonFiniteLossError(
+                f"the training loss is {float(loss)} at step {step}; {kept}. Lower --config.optim.lr or "
+                "check the data (pixel values must lie in [0, 1])."
+            )
