@@ -120,7 +120,7 @@ def test_a_full_disk_keeps_the_last_good_checkpoint_and_the_rerun_resumes(tmp_pa
     disk = tmp_path / "disk"
     disk.mkdir()
     args, env = command(disk / "w", **{"training.n_iters": 40, "training.snapshot_freq": 2,
-                                       "training.snapshot_samples": 0, "training.keep_checkpoints": 50})
+                                       "training.snapshot_samples": 0})
     train = " ".join(shlex.quote(arg) for arg in args)
     script = f"""
         mount -t tmpfs -o size=64m tmpfs {disk} && cd {REPO} || exit 1

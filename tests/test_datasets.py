@@ -12,6 +12,7 @@ from PIL import Image
 
 from configs import celeba, church, cifar10, mnist, tiny
 from configs.default import get_default_config
+from ncsn_jax.errors import DataError
 from ncsn_jax import datasets
 
 NUM_IMAGES = 20  # in the folder fixture: 18 train, 2 test
@@ -120,7 +121,7 @@ def test_lsun_reads_the_official_lmdb_and_exported_images(tmp_path):
     (test,) = read(config, "test", 1)
     assert test.shape == (1, 6, 6, 3) and abs(test.mean() - 120 / 255) < 3 / 255  # JPEG is lossy
     config.data.dataset = "bedroom"
-    with pytest.raises(FileNotFoundError, match="bedroom_train_lmdb"):
+    with pytest.raises(DataError, match="bedroom_train_lmdb"):
         read(config, "train", 1)
 
 
@@ -219,22 +220,22 @@ def test_batch_plan_is_a_pure_function_of_the_step():
 def test_bad_inputs_raise_errors_that_say_what_to_do(tmp_path, folder):
     with pytest.raises(ValueError, match="unknown config.data.dataset 'svhn'; choose one of .*cifar10"):
         read(folder_config(folder, dataset="svhn"), "train", 2)
-    with pytest.raises(FileNotFoundError, match="config.data.path, which is not set"):
+    with pytest.raises(DataError, match="config.data.path, which is not set"):
         read(folder_config("", dataset="ffhq"), "train", 2)
-    with pytest.raises(FileNotFoundError, match="config.data.path .*missing.* is not a folder"):
+    with pytest.raises(DataError, match="config.data.path .*missing.* is not a folder"):
         read(folder_config(tmp_path / "missing"), "train", 2)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no images"):
+    with pytest.raises(DataError, match="no images"):
         read(folder_config(tmp_path / "empty"), "train", 2)
-    with pytest.raises(ValueError, match="batch_size 19 is larger than the 18 image_folder train examples"):
+    with pytest.raises(DataError, match="batch_size 19 is larger than the 18 image_folder train examples"):
         read(folder_config(folder), "train", 19)
-    with pytest.raises(ValueError, match="larger than the 9 image_folder train examples on this host"):
+    with pytest.raises(DataError, match="larger than the 9 image_folder train examples on this host"):
         read(folder_config(folder), "train", 10, process_index=1, process_count=2)
     with pytest.raises(ValueError, match="split must be"):
         read(folder_config(folder), "validation", 2)
     config = cifar10.get_config()
     config.data.tfds_data_dir = str(tmp_path / "tfds")
-    with pytest.raises(FileNotFoundError, match=r"'cifar10' is not prepared in .*tfds.*tfds build cifar10 --file_"):
+    with pytest.raises(DataError, match=r"'cifar10' is not prepared in .*tfds.*tfds build cifar10 --file_"):
         read(config, "train", 2)
 
 
@@ -246,6 +247,7 @@ import sys
 from configs import cifar10, mnist
 from configs.default import get_default_config
 from ncsn_jax import datasets
+from ncsn_jax.errors import DataError
 next(datasets.get_dataset(mnist.get_config(), "train", 4, process_index=0, process_count=1))
 config = get_default_config()
 config.data.dataset, config.data.path, config.data.image_size = "image_folder", {str(folder)!r}, 8
@@ -254,7 +256,7 @@ config = cifar10.get_config()
 config.data.tfds_data_dir = {str(folder)!r}
 try:
     datasets.get_dataset(config, "train", 4, process_index=0, process_count=1)
-except FileNotFoundError:
+except DataError:
     print(sorted(name for name in sys.modules if name.split(".")[0] == "tensorflow"))
 """
     root = pathlib.Path(__file__).parents[1]
