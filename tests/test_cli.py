@@ -55,7 +55,8 @@ def test_a_workdir_that_is_a_file(tmp_path):
 def test_only_unreadable_checkpoints(tmp_path):
     config = tiny_mnist()
     with checkpoints.Checkpointer(tmp_path / "checkpoints", async_save=False) as checkpointer:
-        checkpointer.save(3, train_state.create_train_state(config, jax.random.key(0)).replace(step=3))
+        checkpointer.save(3, train_state.create_train_state(config, jax.random.key(0)).replace(
+            step=jax.numpy.asarray(3, jax.numpy.int32)))
     for data_file in (tmp_path / "checkpoints" / "3").rglob("*"):
         if data_file.is_file() and data_file.parent.name == "d":
             data_file.write_bytes(b"")

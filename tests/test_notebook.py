@@ -5,6 +5,7 @@ import json
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import nbclient
 import nbformat
 import numpy as np
@@ -58,7 +59,7 @@ def test_notebook_samples_our_checkpoint_as_mode_sample_does(tmp_path, monkeypat
     # A checkpoint as training writes it, through the same Checkpointer; the weights are the initial
     # ones, since training steps would only add compile time here (test_main trains and samples).
     config = tiny_mnist()
-    state = train_state.create_train_state(config, jax.random.key(0)).replace(step=3)
+    state = train_state.create_train_state(config, jax.random.key(0)).replace(step=jnp.asarray(3, jnp.int32))
     with checkpoints.Checkpointer(tmp_path / "checkpoints") as checkpointer:
         checkpointer.save(3, state)
     cells = run_notebook(monkeypatch, {
