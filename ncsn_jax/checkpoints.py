@@ -357,8 +357,8 @@ def _check_same_arrays(step: int, directory: str, saved_layout: dict[str, Any], 
     Saved fields that `template` lacks are fine (a partial restore); the ones it has must match.
     """
     wanted = trees.shapes(ocp.tree.serialize_tree(template), with_dtype=True)
-    saved = {name: layout for name, layout in saved_layout.items() if any(
-        name == field or name.startswith(field + "/") for field in _top_level_fields(wanted))}
+    fields = {name.split("/", 1)[0] for name in wanted}
+    saved = {name: layout for name, layout in saved_layout.items() if name.split("/", 1)[0] in fields}
     differences = trees.differences(saved, wanted)
     if differences:
         raise CheckpointMismatchError(
@@ -366,7 +366,3 @@ def _check_same_arrays(step: int, directory: str, saved_layout: dict[str, Any], 
             f"{trees.summary(differences)}). Use a new --workdir for this config, or run with the config "
             "those checkpoints were trained with."
         )
-
-
-def _top_level_fields(layout: dict[str, Any]) -> set[str]:
-    return {name.split("/", 1)[0] for name in layout}
