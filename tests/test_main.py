@@ -1,5 +1,6 @@
 """The program end to end on tiny settings: train → checkpoint → kill → resume → sample, on real MNIST
 digits and on TFDS mock data, data-parallel equivalence, and the clear errors of bad input."""
+import json
 import os
 import pathlib
 import signal
@@ -128,33 +129,39 @@ def test_killed_run_resumes_exactly(tmp_path):
     assert_same_state(saved_params(interrupted, 6, config), saved_params(tmp_path / "uninterrupted", 6, config))
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open: on the session-4 machine the 1- and 4-device runs' updates differed by 1.5% in norm after 6 steps "
-    "(eaffdb2's code failed its own version of this test there too); see the session-4 note"))
 def test_four_devices_match_one_device(tmp_path):
-    # The same global batch and keys on 1 device (subprocess) and on 4 (here): equal up to the order of
-    # floating-point reductions. Some gradients are zero in exact arithmetic (a convolution's bias before
-    # an instance norm), so theirs is rounding noise, which Adam scales up to steps of ±lr: those arrays
-    # and their moments differ between the runs by whatever the noise does (seen up to 2% on small
-    # arrays, on this machine with eaffdb2's code too). So everything is compared as a whole, where such
-    # arrays weigh nothing: the update θ6 − θ0 of all parameters (θ and θ') and each Adam moment across
-    # all arrays must agree to 1% in norm; gradients of a quarter of the batch, say, would differ by tens
-    # of percent.
-    assert run_main(tmp_path / "one", devices=1).returncode == 0
-    config = tiny_mnist()
+    # The same global batch and keys on 1 device (subprocess) and on 4 (here) must give the same step up
+    # to the order of floating-point sums. Adam's first update is lr·g/|g|, so an element whose gradient
+    # is zero in exact arithmetic (its sign is rounding noise) moves by ±lr on either run; one such flip
+    # in 117,000 weights was seen. From there the runs part like any chaotic system: after 6 steps at the
+    # MNIST lr of 2e-3 the updates differed by 1.5% in norm on one machine and by 1e-5 on another. So
+    # the first step is compared element by element, and the later steps by their losses, which a
+    # different batch or key would change by far more than the 1e-4 that one flipped weight does.
+    overrides = {"training.n_iters": 3, "training.snapshot_freq": 1, "training.log_freq": 1,
+                 "training.snapshot_samples": 0}
+    assert run_main(tmp_path / "one", devices=1, **overrides).returncode == 0
+    config = tiny_mnist(**overrides)
     train.train_and_evaluate(config, str(tmp_path / "four"))
-    four, one = saved_params(tmp_path / "four", 6, config), saved_params(tmp_path / "one", 6, config)
-    init_key = jax.random.split(jax.random.key(config.seed), 4)[0]  # as train_and_evaluate splits it
-    initial = train_state.init_train_state(config, init_key, parallel.data_mesh())
+    four, one = saved_params(tmp_path / "four", 1, config), saved_params(tmp_path / "one", 1, config)
 
     def flat(tree):
         return np.concatenate([np.asarray(leaf, np.float64).ravel() for leaf in jax.tree.leaves(tree)])
 
-    x, y, x0 = (flat((state.params, state.ema_params)) for state in (four, one, initial))
-    assert np.linalg.norm(x - y) <= 1e-2 * np.linalg.norm(y - x0)
-    for moment in ("mu", "nu"):
+    for moment in ("mu", "nu"):  # the gradient (and its square) of the first step
         a, b = (flat(getattr(state.opt_state[0], moment)) for state in (four, one))
-        assert np.linalg.norm(a - b) <= 1e-2 * np.linalg.norm(b)
+        assert np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(b)
+    x, y = flat(four.params), flat(one.params)
+    moved_apart = np.abs(x - y) > 1e-6
+    assert moved_apart.mean() <= 1e-4 and np.all(np.abs(x - y) <= 2 * config.optim.lr * (1 + 1e-3))
+
+    def losses(workdir):
+        lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+        return {(line["step"], name): value for line in lines for name, value in line.items() if "loss" in name}
+
+    one_losses, four_losses = losses(tmp_path / "one"), losses(tmp_path / "four")
+    assert one_losses.keys() == four_losses.keys() and len(one_losses) == 4  # 3 train, 1 test loss
+    for key, value in one_losses.items():
+        np.testing.assert_allclose(four_losses[key], value, rtol=1e-3, err_msg=str(key))
 
 
 @pytest.mark.parametrize("mode, overrides, message", [
