@@ -144,6 +144,8 @@ class Checkpointer:
         self._unreadable: list[int] = []
         # The step of a save started and not yet known to be on disk.
         self._pending: int | None = None
+        # Whether a failed save was raised as CheckpointWriteError already.
+        self._reported_failure = False
 
     @property
     def directory(self) -> str:
@@ -255,8 +257,24 @@ class Checkpointer:
         """
         return self._manager.reached_preemption(step)
 
+    def report_finished(self) -> int | None:
+        """Without blocking: the step of a save that has finished since the last report, else None.
+
+        A finished save is logged as saved here (or in `wait_until_finished`), never when it starts, so
+        the log says "saved" only of checkpoints that are on disk. Call it every step to hear early of a
+        save that failed.
+
+        Raises:
+          CheckpointWriteError: the save failed (see `wait_until_finished`).
+        """
+        if self._pending is None or self._manager.is_saving_in_progress():
+            return None
+        step = self._pending
+        self.wait_until_finished()
+        return step
+
     def wait_until_finished(self) -> None:
-        """Blocks until every started save is on disk.
+        """Blocks until every started save is on disk, and logs each as saved.
 
         Raises:
           CheckpointWriteError: a save failed to write its files; the message says why (e.g. no space left
@@ -267,7 +285,10 @@ class Checkpointer:
             self._manager.wait_until_finished()
         except Exception as error:  # pylint: disable=broad-exception-caught
             if pending is None:
+                if self._reported_failure:
+                    return  # Orbax raises a failed save's error at every wait; it was reported once
                 raise
+            self._reported_failure = True
             self._manager.reload()
             latest = self.latest_step()
             kept = ("no checkpoint is complete" if latest is None
@@ -276,6 +297,8 @@ class Checkpointer:
                 f"writing checkpoint {pending} to {self.directory} failed: {_write_failure_reason(error)}; "
                 f"{kept}. Make room (or fix the folder) and run the same command again to resume."
             ) from error
+        if pending is not None:
+            logging.info("saved checkpoint %d in %s", pending, self.directory)
 
     def close(self) -> None:
         """Waits for pending saves (see `wait_until_finished`) and releases the manager's threads."""
@@ -300,6 +323,10 @@ class Checkpointer:
         # Orbax and TensorStore raise ValueError, KeyError, OSError, ... depending on which file is damaged
         # and how, so any failure to read counts as damage; whether the arrays match is decided from the
         # saved shapes, between the two reads, so that a mismatch is never mistaken for damage.
+        item = self._manager.directory / str(step) / _STATE
+        if not item.exists():  # else Orbax says "Unknown key: state"
+            raise UnreadableCheckpointError(f"checkpoint {step} in {self.directory} cannot be read: its folder "
+                                            f"{item} is missing")
         try:
             saved = self._manager.item_metadata(step)[_STATE]
             if saved is None:

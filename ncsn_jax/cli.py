@@ -5,7 +5,8 @@
 Parses the flags, starts multi-host JAX when asked, checks the config and dispatches by --mode to the
 library (train.train_and_evaluate, sample_modes, tune, evaluation.reference and evaluation.sweep).
 This is the one place where errors become exit codes: a `UserError` (and a flag or config-file error)
-is printed as one `error: ...` line with exit code 1; anything else is a bug and keeps its traceback.
+is printed as one `error: ...` line with exit code 1; anything else is a bug and keeps its traceback. A
+run stopped by SIGTERM or Ctrl-C after saving prints which step it saved, and exits with 0 or 130.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from ml_collections import config_flags
 
 from ncsn_jax import checkpoints, config_checks, cpu_runtime, sample_modes, train, tune
 from ncsn_jax.errors import UserError, WorkdirError
+from ncsn_jax.stop_signals import StoppedBySignal
 from ncsn_jax.evaluation import reference, sweep
 
 MODES = ("train", *sample_modes.MODES, "tune", "stats", "eval")
@@ -104,6 +106,9 @@ def main(argv: list[str]) -> None:
         run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.checkpoint_step, FLAGS.official_checkpoint)
     except UserError as error:
         fail(str(error))
+    except StoppedBySignal as stopped:
+        print(str(stopped), file=sys.stderr)
+        sys.exit(stopped.exit_code)
 
 
 def run_cli() -> None:

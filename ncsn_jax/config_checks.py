@@ -48,6 +48,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.model.num_scales must be at least 2 (σ1 and σL), got {config.model.num_scales}")
     if config.data.dataset not in DATASETS:
         raise ConfigError(f"config.data.dataset is {config.data.dataset!r}; choose one of {', '.join(DATASETS)}")
+    if not 0 <= config.data.max_undecodable_fraction < 1:
+        raise ConfigError(f"config.data.max_undecodable_fraction must lie in [0, 1), got "
+                          f"{config.data.max_undecodable_fraction!r}")
     if config.data.channels not in (1, 3):
         raise ConfigError(f"config.data.channels must be 1 or 3, got {config.data.channels!r}")
     if config.model.name not in MODELS:

@@ -12,6 +12,10 @@ Every dataset is a random-access list of examples, so that one scheme orders all
 - `repeat=False` reads each example of the host once, in the split's fixed order, without flips
   (evaluation, inpainting); the last partial batch is dropped, as everywhere.
 - Decoding and resizing run on a pool of threads (PIL releases the GIL), a few batches ahead.
+- An image file that does not decode (truncated, not an image) is skipped with a warning naming it:
+  its place is taken by the next example of the split that decodes, so a batch is still a pure
+  function of the step. More than `config.data.max_undecodable_fraction` of a split's files failing
+  is an error (DataError).
 
 TensorFlow is never imported: TFDS datasets are read through `tfds.data_source` (ArrayRecord, NumPy
 decoding), so no pipeline can take accelerator memory, and MNIST and folders need no TFDS either.
@@ -51,11 +55,14 @@ import importlib.util
 import io
 import os
 import pathlib
+import threading
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from PIL import Image
 
 from ncsn_jax.errors import DataError
@@ -72,6 +79,9 @@ _FOLDER_TRAIN_FRACTION = 0.9
 _MNIST_TEST_PER_DIGIT = 50
 _PREFETCH_BATCHES = 3  # batches decoded ahead of the consumer
 _EXAMPLES_PER_TASK = 8  # images decoded per thread-pool task: amortises the task overhead
+# What PIL raises for a file that is not a decodable image: UnidentifiedImageError and "image file is
+# truncated" (OSError), "broken PNG file" (SyntaxError), bad headers (ValueError, EOFError, zlib.error).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zlib.error, Image.DecompressionBombError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,13 +283,14 @@ def _make_source(config: ml_collections.ConfigDict, split: str) -> _Source:
     fit = functools.partial(resize_and_crop, size=data.image_size, channels=data.channels)
     if data.dataset == "mnist":
         return _mnist_source(split, fit)
+    max_bad = data.max_undecodable_fraction
     if data.dataset in ("ffhq", "image_folder"):
         files = _image_files(_existing_folder(data.path, data.dataset))
         order = np.random.RandomState(_FOLDER_SPLIT_SEED).permutation(len(files))
         cut = int(len(files) * _FOLDER_TRAIN_FRACTION)
-        return _files_source([files[i] for i in (order[:cut] if split == "train" else order[cut:])], fit)
+        return _files_source([files[i] for i in (order[:cut] if split == "train" else order[cut:])], fit, max_bad)
     if data.dataset in LSUN_CATEGORIES and data.path:
-        return _lsun_source(_existing_folder(data.path, data.dataset), data.dataset, split, fit)
+        return _lsun_source(_existing_folder(data.path, data.dataset), data.dataset, split, fit, max_bad)
     if data.dataset in _TFDS_NAMES:
         if data.dataset == "celeba":
             fit = functools.partial(fit, pre_crop=_CELEBA_CROP)
@@ -343,26 +354,30 @@ def _image_files(folder: pathlib.Path) -> list[pathlib.Path]:
     return files
 
 
-def _files_source(files: Sequence[pathlib.Path], fit: Callable[[Image.Image], np.ndarray]) -> _Source:
+def _files_source(files: Sequence[pathlib.Path], fit: Callable[[Image.Image], np.ndarray],
+                  max_undecodable_fraction: float) -> _Source:
     def read_one(i):
         with Image.open(files[i]) as image:
             return fit(image)
 
-    return _Source(len(files), _stack(read_one))
+    skipping = _SkipUndecodable(read_one, len(files), lambda i: str(files[i]), max_undecodable_fraction)
+    return _Source(len(files), _stack(skipping))
 
 
-def _lsun_source(folder: pathlib.Path, category: str, split: str, fit: Callable) -> _Source:
+def _lsun_source(folder: pathlib.Path, category: str, split: str, fit: Callable,
+                 max_undecodable_fraction: float) -> _Source:
     name = f"{category}_{'train' if split == 'train' else 'val'}"
     if (folder / f"{name}_lmdb").is_dir():
-        return _lmdb_source(folder / f"{name}_lmdb", fit)
+        return _lmdb_source(folder / f"{name}_lmdb", fit, max_undecodable_fraction)
     if (folder / name).is_dir():
-        return _files_source(_image_files(folder / name), fit)
+        return _files_source(_image_files(folder / name), fit, max_undecodable_fraction)
     raise DataError(
         f"config.data.path {str(folder)!r} holds neither {name}_lmdb (the LSUN download) nor {name} (its images)"
     )
 
 
-def _lmdb_source(path: pathlib.Path, fit: Callable[[Image.Image], np.ndarray]) -> _Source:
+def _lmdb_source(path: pathlib.Path, fit: Callable[[Image.Image], np.ndarray],
+                 max_undecodable_fraction: float) -> _Source:
     try:
         import lmdb  # an optional dependency: only LSUN's official files need it
     except ImportError:
@@ -379,7 +394,50 @@ def _lmdb_source(path: pathlib.Path, fit: Callable[[Image.Image], np.ndarray]) -
         with env.begin() as txn, Image.open(io.BytesIO(txn.get(keys[i]))) as image:
             return fit(image)
 
-    return _Source(len(keys), _stack(read_one))
+    skipping = _SkipUndecodable(read_one, len(keys), lambda i: f"{path} record {keys[i].decode(errors='replace')}",
+                                max_undecodable_fraction)
+    return _Source(len(keys), _stack(skipping))
+
+
+class _SkipUndecodable:
+    """`read_one(i)` that replaces an example that does not decode by the next one of the split that does.
+
+    The replacement depends only on which files are bad, never on what was read before, so batches stay
+    a pure function of the step. Each bad example is warned about once, with the running count; when the
+    count exceeds `max_fraction` of the split, reading fails with a DataError. Thread-safe.
+    """
+
+    def __init__(self, read_one: Callable[[int], np.ndarray], num_examples: int, describe: Callable[[int], str],
+                 max_fraction: float):
+        self._read_one, self._num_examples, self._describe = read_one, num_examples, describe
+        self._max_fraction = max_fraction
+        self._bad: set[int] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, index: int) -> np.ndarray:
+        for offset in range(self._num_examples):
+            candidate = (index + offset) % self._num_examples
+            if candidate in self._bad:
+                continue
+            try:
+                return self._read_one(candidate)
+            except _DECODE_ERRORS as error:
+                self._record(candidate, error)
+        raise DataError(f"none of the {self._num_examples} images decodes (e.g. {self._describe(index)})")
+
+    def _record(self, index: int, error: Exception) -> None:
+        with self._lock:
+            self._bad.add(index)
+            count = len(self._bad)
+        reason = f"{type(error).__name__}: {error}"
+        if count > self._max_fraction * self._num_examples:
+            raise DataError(
+                f"{count} of the {self._num_examples} images of this split cannot be decoded, more than "
+                f"config.data.max_undecodable_fraction = {self._max_fraction:g} of them; the latest: "
+                f"{self._describe(index)} ({reason}). Remove or repair the damaged files, or raise the fraction."
+            )
+        logging.warning("skipping %s: it cannot be decoded (%s); using the next image in its place "
+                        "(%d undecodable in this split so far)", self._describe(index), reason, count)
 
 
 def _tfds_source(name: str, split: str, data_dir: str | None, fit: Callable) -> _Source:

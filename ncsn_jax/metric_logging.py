@@ -17,9 +17,15 @@ class MetricWriter:
     TensorBoard event files are written with tensorboardX, which needs no TensorFlow (so it works on a
     machine that has only JAX); without tensorboardX they are skipped with one warning. On hosts other
     than process 0 every call does nothing, so multi-host runs write one copy.
+
+    Args:
+      workdir: the run's folder.
+      resumed_step: the checkpoint step a resumed run continues from. The run before it may have logged
+        steps after it (up to where it was killed), which this run logs again: those lines are dropped
+        from `metrics.jsonl`, and TensorBoard is told to hide those events, so every step appears once.
     """
 
-    def __init__(self, workdir: str | os.PathLike):
+    def __init__(self, workdir: str | os.PathLike, resumed_step: int | None = None):
         self._active = jax.process_index() == 0
         self._workdir = os.fspath(workdir)
         self._jsonl = None
@@ -27,11 +33,18 @@ class MetricWriter:
         if not self._active:
             return
         os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+        path = os.path.join(workdir, "metrics.jsonl")
+        if resumed_step is not None:
+            _drop_lines_after(path, resumed_step)
+        self._jsonl = open(path, "a", encoding="utf-8")
         try:
             import tensorboardX  # pylint: disable=import-outside-toplevel
 
-            self._summary_writer = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
+            # purge_step writes TensorBoard's restart marker: events of steps >= it from earlier files
+            # are hidden, as the replayed steps are logged again.
+            purge_step = None if resumed_step is None else resumed_step + 1
+            self._summary_writer = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                                              purge_step=purge_step)
         except ImportError:
             logging.warning("tensorboardX is not installed: no TensorBoard event files (metrics.jsonl is written)")
 
@@ -66,3 +79,25 @@ class MetricWriter:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _drop_lines_after(path: str, step: int) -> None:
+    """Rewrites the JSONL log at `path` without its records of steps after `step` (and any torn last line)."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as log:
+        lines = log.read().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+        if record.get("step", 0) <= step:
+            kept.append(line)
+    if len(kept) == len(lines):
+        return
+    temporary = path + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as log:
+        log.write("".join(line + "\n" for line in kept))
+    os.replace(temporary, path)  # atomic: a kill now leaves the old log or the new one, never half of it

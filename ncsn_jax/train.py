@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
 import time
 
 import jax
@@ -17,10 +18,13 @@ import numpy as np
 import optax
 import tqdm
 from absl import logging
+from jax.experimental import multihost_utils
 
-from ncsn_jax import checkpoints, datasets, images, losses, metric_logging, parallel, sharded_sampling, train_state
+from ncsn_jax import (checkpoints, datasets, images, losses, metric_logging, parallel, run_config, sharded_sampling,
+                      train_state)
 from ncsn_jax.errors import NonFiniteLossError
 from ncsn_jax.score import get_score_fn
+from ncsn_jax.stop_signals import StopSignals, StoppedBySignal
 from ncsn_jax.train_state import TrainState
 from ncsn_jax.workdir_lock import WorkdirLock
 
@@ -70,13 +74,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     parameters, Adam, EMA), the per-step keys (`fold_in(key, step)`) and the data position (a function of
     the step) all continue exactly, so an interrupted run ends where an uninterrupted one would.
     Logs the training loss every `log_freq` steps and the EMA test loss every `eval_freq` steps; saves a
-    checkpoint and a sample grid every `snapshot_freq` steps, at the end, and when the machine is being
-    preempted.
+    checkpoint and a sample grid every `snapshot_freq` steps and at the end. The config is saved as
+    `<workdir>/config.json`, and a resumed run must agree with it on the fields that shape the arrays
+    (`run_config`); log lines of steps after the resumed one are replaced, and a grid that a kill left
+    undrawn is drawn.
+
+    SIGTERM (a preemption) or SIGINT (Ctrl-C) makes it save the step reached and raise StoppedBySignal;
+    with several processes, all stop at the same step.
 
     Returns:
       The final train state.
 
     Raises:
+      StoppedBySignal: stopped early by a signal, after saving (not an error; see `stop_signals`).
+      CheckpointMismatchError: the workdir's checkpoints are of another network, input size or ladder.
       NonFiniteLossError: the loss became NaN/inf (the checkpoints saved before it are kept).
       WorkdirError: another training run uses `workdir`; CheckpointWriteError (one): a checkpoint could not
         be written (the earlier ones are kept).
@@ -98,13 +109,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             os.path.join(workdir, "checkpoints"), max_to_keep=training.keep_checkpoints,
             keep_every=training.keep_every,
         ))
+        if checkpointer.latest_step() is not None:
+            run_config.check_same_arrays(config, workdir)
+        if jax.process_count() > 1:  # every process has read the saved config before process 0 replaces it
+            multihost_utils.sync_global_devices("ncsn_jax.train.config_checked")
+        run_config.save(config, workdir)
         state = checkpointer.restore_latest(train_state.abstract_train_state(config, mesh))
-        if state is None:
+        resumed = state is not None
+        if not resumed:
             state = train_state.init_train_state(config, init_key, mesh)
         else:
             logging.info("resuming from step %d", int(state.step))
         start_step = int(state.step)
         last_saved = checkpointer.latest_step()
+
+        def draw_grid(step: int) -> None:
+            samples = sharded_sampling.draw_samples(
+                state.score_fn(), state.sigmas, config.sampling, image_shape,
+                jax.random.fold_in(sample_key, step), training.snapshot_samples, mesh, progress_bar=False,
+            )
+            if jax.process_index() == 0:
+                images.save_grid(samples, _grid_path(workdir, step))
+
+        # A kill between a checkpoint and its grid leaves the grid undrawn: draw it now (same key).
+        # Drawing is collective, so process 0 (which writes the grids) decides for all.
+        grid_missed = resumed and _is_snapshot(start_step, training) and not os.path.exists(_grid_path(workdir, start_step))
+        if jax.process_count() > 1:
+            grid_missed = bool(multihost_utils.broadcast_one_to_all(np.int32(grid_missed)))
+        if grid_missed and training.snapshot_samples:
+            draw_grid(start_step)
 
         train_batches = parallel.prefetch_to_mesh(
             datasets.get_dataset(config, "train", host_batch_size, start_step=start_step), mesh
@@ -113,11 +146,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             datasets.get_dataset(config, "test", host_batch_size, start_step=start_step // training.eval_freq),
             mesh,
         )
-        writer = resources.enter_context(metric_logging.MetricWriter(workdir))
+        writer = resources.enter_context(metric_logging.MetricWriter(workdir, start_step if resumed else None))
         progress = resources.enter_context(tqdm.tqdm(
             total=training.n_iters, initial=start_step, desc="train", unit="step",
             disable=jax.process_index() != 0, dynamic_ncols=True,
         ))
+        stop_signals = resources.enter_context(StopSignals(multiprocess=jax.process_count() > 1))
 
         window_losses: list[tuple[int, jax.Array]] = []
         window_start = time.perf_counter()
@@ -126,6 +160,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             window_losses.append((step + 1, metrics["loss"]))
             done = step + 1
             progress.update(1)
+            checkpointer.report_finished()  # a failed background save ends the run here, as the error it is
 
             if done % training.log_freq == 0 or done == training.n_iters:
                 _raise_if_not_finite(window_losses, last_saved)
@@ -143,23 +178,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 eval_metrics = eval_step(state, next(test_batches), jax.random.fold_in(eval_key, done))
                 writer.write(done, {"test/loss_ema": float(eval_metrics["loss"])})
 
-            preempted = checkpointer.reached_preemption(done)
-            if done % training.snapshot_freq == 0 or done == training.n_iters or preempted:
+            # Several processes stop at the step JAX's preemption sync picks (the same on all); one
+            # process stops at the first step after the signal.
+            stop = checkpointer.reached_preemption(done) or (
+                jax.process_count() == 1 and stop_signals.received is not None)
+            if _is_snapshot(done, training) or stop:
                 _raise_if_not_finite(window_losses, last_saved)  # never save a state that has gone non-finite
                 checkpointer.save(done, state, force=True)
                 last_saved = done
-                logging.info("saved checkpoint at step %d", done)
-                if training.snapshot_samples and not preempted:
-                    samples = sharded_sampling.draw_samples(
-                        state.score_fn(), state.sigmas, config.sampling, image_shape,
-                        jax.random.fold_in(sample_key, done), training.snapshot_samples, mesh, progress_bar=False,
-                    )
-                    if jax.process_index() == 0:
-                        images.save_grid(samples, os.path.join(workdir, "samples", f"samples_{done:07d}.png"))
-            if preempted:
-                logging.warning("preemption signalled: saved step %d and stopping", done)
-                break
+                if training.snapshot_samples and not stop:
+                    draw_grid(done)
+            if stop:
+                checkpointer.wait_until_finished()
+                signal_number = stop_signals.received or signal.SIGTERM  # a preemption notice is a SIGTERM
+                raise StoppedBySignal(signal_number, done, (
+                    f"stopped by {signal.Signals(signal_number).name} after step {done}: saved checkpoint {done} "
+                    f"in {checkpointer.directory}; run the same command to resume"))
     return state
+
+
+def _is_snapshot(step: int, training: ml_collections.ConfigDict) -> bool:
+    return step % training.snapshot_freq == 0 or step == training.n_iters
+
+
+def _grid_path(workdir: str, step: int) -> str:
+    return os.path.join(workdir, "samples", f"samples_{step:07d}.png")
 
 
 def _raise_if_not_finite(losses_by_step: list[tuple[int, jax.Array]], last_saved: int | None) -> None:

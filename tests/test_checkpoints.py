@@ -177,7 +177,9 @@ def test_a_damaged_latest_checkpoint_is_reported_and_the_previous_one_restored(t
         assert int(restored.step) == 1
         np.testing.assert_array_equal(restored.params["w"], [1.0, 1.0, 1.0])
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-        assert any("checkpoint 2 " in w and "cannot be read" in w for w in warnings), warnings
+        [damage_warning] = [w for w in warnings if "checkpoint 2 " in w and "cannot be read" in w]
+        assert "\n" not in damage_warning and str(tmp_path) in damage_warning  # one line: where, and why
+        assert ("size 0" in damage_warning) if damage is truncate_array_files else ("missing" in damage_warning)
         assert any(str(interrupted) in w and "not a finished checkpoint" in w for w in warnings), warnings
         assert (tmp_path / "2" / "state").exists() == (damage is truncate_array_files)
         assert saved_steps(tmp_path) == [1, 2] and interrupted.exists()  # nothing deleted

@@ -142,4 +142,8 @@ def test_a_full_disk_keeps_the_last_good_checkpoint_and_the_rerun_resumes(tmp_pa
     assert int((tmp_path / "second.rc").read_text()) == 0, second[-3000:]
     resumed_from = int(second.split("resuming from step ")[1].split()[0])
     assert resumed_from >= 2 and resumed_from % 2 == 0
+    # A checkpoint is logged as saved only once it is on disk: never the one whose write failed.
+    reported = [int(line.split("saved checkpoint ")[1].split()[0]) for line in first.stderr.splitlines()
+                if "saved checkpoint " in line]
+    assert 2 in reported and max(reported) <= resumed_from
     assert "40" in (tmp_path / "steps").read_text().split()

@@ -239,6 +239,40 @@ def test_bad_inputs_raise_errors_that_say_what_to_do(tmp_path, folder):
         read(config, "train", 2)
 
 
+@pytest.fixture
+def folder_with_bad_files(tmp_path, folder):
+    """The folder fixture's 20 images plus damaged ones: a PNG cut short, and random bytes named .png."""
+    root = tmp_path / "damaged"
+    root.mkdir()
+    for path in folder.rglob("*.[pP][nN][gG]"):
+        (root / path.name).write_bytes(path.read_bytes())
+    good = (root / "001.png").read_bytes()
+    (root / "101.png").write_bytes(good[:len(good) // 2])
+    (root / "102.png").write_bytes(np.random.default_rng(0).bytes(300))
+    return root
+
+
+def test_undecodable_images_are_skipped_with_a_warning_and_the_order_stays_a_function_of_the_step(
+        folder_with_bad_files, caplog):
+    config = folder_config(folder_with_bad_files)  # both damaged files fall in the 19-file train split
+    config.data.max_undecodable_fraction = 0.2
+    stream = read(config, "train", 4, 12)
+    ids, _ = ids_and_flips(stream)
+    assert set(ids) <= set(range(NUM_IMAGES))  # only good images, every batch full
+    warnings = [r.getMessage() for r in caplog.records if "cannot be decoded" in r.getMessage()]
+    assert warnings and all("skipping " in w and ("101.png" in w or "102.png" in w) for w in warnings)
+    assert len(warnings) == len(set(warnings))  # each bad file once
+    resumed = read(config, "train", 4, 5, start_step=7)  # a fresh reader, resuming mid-stream
+    np.testing.assert_array_equal(np.stack(resumed), np.stack(stream[7:]))
+
+
+def test_too_many_undecodable_images_is_one_clear_error(folder_with_bad_files):
+    config = folder_config(folder_with_bad_files)  # the default: at most 1% of 19 train files, i.e. none
+    with pytest.raises(DataError, match=r"1 of the 19 images .*cannot be decoded, more than "
+                                        r"config.data.max_undecodable_fraction = 0.01.*(101|102).png"):
+        read(config, "train", 19, 2)
+
+
 def test_pipelines_never_import_tensorflow(folder):
     # The GPU machine has no TensorFlow, and TensorFlow would reserve accelerator memory: MNIST, folders and
     # TFDS's own checks must not import it. A fresh interpreter, since other tests may have imported it.

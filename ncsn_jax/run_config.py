@@ -1,0 +1,62 @@
+"""The config a workdir's checkpoints were trained with: saved beside them, checked when a run resumes.
+
+The networks are fully convolutional, so a checkpoint trained on 32×32 images restores without
+complaint into a run configured for 8×8 ones, and a changed ladder keeps the arrays' shapes too; such a
+resume would silently train something other than what the checkpoint holds. So every training run
+writes its config to `<workdir>/config.json`, and a run that resumes compares the fields that decide
+what the arrays mean with the saved ones first.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+
+from ncsn_jax.errors import CheckpointMismatchError
+
+FILE_NAME = "config.json"
+
+# The fields that change the parameters or their meaning: the input the network sees, the network, and
+# the noise levels its conditioning was trained on. Everything else (batch size, lr, step counts,
+# logging, sampling) may change between a run and its resumption.
+ARRAY_FIELDS = ("data.image_size", "data.channels", "model.name", "model.ngf", "model.sigma_begin",
+                "model.sigma_end", "model.num_scales")
+
+
+def save(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Writes `config` to `<workdir>/config.json` (process 0; atomically, so a kill leaves a whole file)."""
+    if jax.process_index() != 0:
+        return
+    path = os.path.join(workdir, FILE_NAME)
+    os.makedirs(workdir, exist_ok=True)
+    temporary = path + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as file:
+        file.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+    os.replace(temporary, path)
+
+
+def check_same_arrays(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Raises CheckpointMismatchError naming every field of ARRAY_FIELDS that differs from the saved config.
+
+    A workdir without `config.json` (from before it was written) passes.
+    """
+    path = os.path.join(workdir, FILE_NAME)
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as file:
+        saved = json.load(file)
+    differences = [f"{field} {_get(saved, field)!r} there, {_get(config.to_dict(), field)!r} here"
+                   for field in ARRAY_FIELDS if _get(saved, field) != _get(config.to_dict(), field)]
+    if differences:
+        raise CheckpointMismatchError(
+            f"the checkpoints in {workdir} were trained with another config ({'; '.join(differences)}). "
+            "Resume with the saved values (see its config.json), or use a new --workdir for this config."
+        )
+
+
+def _get(tree: dict[str, Any], field: str) -> Any:
+    section, name = field.split(".")
+    return tree.get(section, {}).get(name)
