@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from typing import NoReturn
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ncsn_jax import checkpoints, config_checks, cpu_runtime, sample_modes, train, tune
-from ncsn_jax.errors import UserError, WorkdirError
+from ncsn_jax import checkpoints, config_checks, cpu_runtime, processes, sample_modes, train, tune
+from ncsn_jax.errors import ConfigError, UserError, WorkdirError
 from ncsn_jax.stop_signals import StoppedBySignal
 from ncsn_jax.evaluation import reference, sweep
 
@@ -31,7 +32,15 @@ flags.DEFINE_enum("mode", "train", MODES, "What to do.")
 flags.DEFINE_integer("checkpoint_step", None,
                      "Sample from (or, with --mode eval, evaluate only) this checkpoint step (default: the latest).")
 flags.DEFINE_string("official_checkpoint", None, "Sample from an official PyTorch checkpoint_<step>.pth.")
-flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (TPU pods, multi-node GPU).")
+flags.DEFINE_bool("multihost", False, "Run as one of several processes (TPU slices, GPU clusters, several CPU "
+                  "machines): joins them with jax.distributed first. Without the next three flags JAX detects the "
+                  "cluster (TPU VMs, SLURM, ...).")
+flags.DEFINE_string("coordinator_address", None, "With --multihost: host:port where process 0 listens.")
+flags.DEFINE_integer("num_processes", None, "With --multihost: the number of processes of the run.")
+flags.DEFINE_integer("process_id", None, "With --multihost: this process's index, from 0.")
+flags.DEFINE_integer("initialization_timeout", 300, "With --multihost: seconds to wait for every process to join.")
+flags.DEFINE_integer("heartbeat_timeout", 30, "With --multihost: seconds of silence from another process after "
+                     "which this one stops too.")
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 
@@ -65,7 +74,13 @@ def run(config, workdir: str | None, mode: str, checkpoint_step: int | None = No
 
 
 def fail(message: str) -> NoReturn:
-    """Prints `error: <message>` as one line on stderr and exits with code 1."""
+    """Prints `error: <message>` as one line on stderr and exits with code 1.
+
+    One of several processes exits at once, without waiting for the others at JAX's shutdown barrier:
+    they may be waiting for it in a collective, and their watchdogs end them (see `processes`).
+    """
+    if jax.process_count() > 1:
+        processes.end_now("error: " + str(message))
     print("error: " + " ".join(str(message).split()), file=sys.stderr)
     sys.exit(1)
 
@@ -99,16 +114,35 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     checkpoints.silence_abandoned_io()
-    if FLAGS.multihost:
-        jax.distributed.initialize()
-    logging.info("JAX process %d of %d, %d devices", jax.process_index(), jax.process_count(), jax.device_count())
     try:
+        if FLAGS.multihost:
+            processes.start(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                            initialization_timeout=FLAGS.initialization_timeout,
+                            heartbeat_timeout=FLAGS.heartbeat_timeout)
+        elif any(flag is not None for flag in (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)):
+            raise ConfigError("--coordinator_address, --num_processes and --process_id need --multihost")
+        logging.info("JAX process %d of %d, %d devices", jax.process_index(), jax.process_count(),
+                     jax.device_count())
         run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.checkpoint_step, FLAGS.official_checkpoint)
     except UserError as error:
         fail(str(error))
     except StoppedBySignal as stopped:
+        processes.finish()
         print(str(stopped), file=sys.stderr)
         sys.exit(stopped.exit_code)
+    except Exception as error:  # pylint: disable=broad-exception-caught
+        if jax.process_count() == 1:
+            raise
+        # One of several processes must not reach JAX's shutdown barrier, which would wait for the others
+        # while they wait for this one in a collective.
+        if processes.lost_a_peer(error):
+            fail(f"lost contact with another process of this run ({str(error).strip().splitlines()[0][:300]}). "
+                 "Run the same commands again on every host to resume from the last checkpoint that all "
+                 "processes committed")
+        traceback.print_exc()
+        processes.end_now("error: process {} failed (the traceback above); the others stop within "
+                          "--heartbeat_timeout".format(jax.process_index()))
+    processes.finish()
 
 
 def run_cli() -> None:

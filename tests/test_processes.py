@@ -1,0 +1,194 @@
+"""Several JAX processes for real: 2 processes × 1 CPU device on 127.0.0.1, through main.py, beside
+1 process × 2 devices fed the same global batches; a lost process, a damaged checkpoint, signals."""
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+from tests.test_main import REPO, TINY_MNIST, saved_params, tiny_mnist
+
+# Every run below: 8 images a step, 4 per process (or per device), checkpoints at 2, 4, 6.
+RUN = {**TINY_MNIST, "training.n_iters": 4, "training.snapshot_freq": 2, "training.log_freq": 1,
+       "training.snapshot_samples": 4, "sampling.batch_size": 4, "sampling.num_samples": 4}
+
+# The reference: one process with two devices whose input pipeline yields, as the global batch, host 0's
+# batch then host 1's, as the two processes' `make_array_from_process_local_data` assembles it.
+REFERENCE = """
+import functools, sys
+import numpy as np
+from ncsn_jax import cli, datasets
+
+read = datasets.get_dataset
+
+def as_two_hosts(config, split, batch_size, *, start_step=0, repeat=True, **unused):
+    hosts = [read(config, split, batch_size // 2, start_step=start_step, repeat=repeat, process_index=i,
+                  process_count=2) for i in range(2)]
+    return (np.concatenate(pair) for pair in zip(*hosts))
+
+datasets.get_dataset = as_two_hosts
+cli.run_cli()
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def main_args(workdir, mode, overrides):
+    args = ["main.py", "--config", "configs/mnist.py", "--workdir", str(workdir), "--mode", mode]
+    return args + [f"--config.{key}={value}" for key, value in overrides.items()]
+
+
+def environment(devices):
+    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+
+
+def start_processes(workdir, mode="train", num_processes=2, extra=(), **overrides):
+    """The processes of one run, each writing its stderr to `<workdir>.<mode>.<id>.log` (a pipe could fill)."""
+    port = free_port()
+    processes = []
+    for i in range(num_processes):
+        log = open(f"{workdir}.{mode}.{i}.log", "w", encoding="utf-8")  # pylint: disable=consider-using-with
+        processes.append(subprocess.Popen(
+            [sys.executable, *main_args(workdir, mode, {**RUN, **overrides}), "--multihost",
+             f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}", f"--process_id={i}",
+             "--heartbeat_timeout=10", "--initialization_timeout=120", *extra],
+            cwd=REPO, env=environment(1), stdout=subprocess.DEVNULL, stderr=log))
+        processes[-1].log = log
+    return processes
+
+
+def exit_codes_and_errors(processes, timeout=400):
+    """The exit code and stderr of each process; every one is ended by its PID, whatever happens."""
+    deadline = time.time() + timeout
+    try:
+        for process in processes:
+            process.wait(timeout=max(1, deadline - time.time()))
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+            process.log.close()
+    return [p.returncode for p in processes], [pathlib.Path(p.log.name).read_text() for p in processes]
+
+
+def run_reference(workdir, mode="train", **overrides):
+    result = subprocess.run([sys.executable, "-c", REFERENCE, *main_args(workdir, mode, {**RUN, **overrides})[1:]],
+                            cwd=REPO, env=environment(2), capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def restored_arrays(workdir, step):
+    """Every array of a checkpoint (step, θ, Adam, θ', ladder), restored here (four devices)."""
+    state = saved_params(workdir, step, tiny_mnist())
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(state)]
+
+
+def train_losses(workdir):
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [(line["step"], line[name]) for line in lines for name in ("train/loss", "test/loss_ema") if name in line]
+
+
+def test_a_missing_coordinator_or_process_ends_every_process_with_one_line(tmp_path):
+    joined = "error: not every process joined the coordinator at 127.0.0.1:"
+    # Process 1 of 2 alone: the coordinator (process 0) never starts.
+    port = free_port()
+    start = time.time()
+    result = subprocess.run(
+        [sys.executable, *main_args(tmp_path / "a", "train", RUN), "--multihost", f"--coordinator_address=127.0.0.1:{port}",
+         "--num_processes=2", "--process_id=1", "--initialization_timeout=5"],
+        cwd=REPO, env=environment(1), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and time.time() - start < 60, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(joined + f"{port} within 5 s: start the same command")
+    # Two processes told that the run has three: both give up, each with the same line.
+    codes, errors = exit_codes_and_errors(start_processes(tmp_path / "b", num_processes=2,
+                                                          extra=["--num_processes=3", "--initialization_timeout=5"]))
+    assert codes == [1, 1] and all(e.strip().splitlines()[-1].startswith(joined) for e in errors), errors
+    # The cluster flags go together.
+    result = subprocess.run([sys.executable, *main_args(tmp_path / "c", "train", RUN), "--multihost", "--num_processes=2"],
+                            cwd=REPO, env=environment(1), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --coordinator_address, --num_processes and --process_id go together (or none of them, for JAX to "
+        "detect the cluster)")
+
+
+def test_two_processes_train_resume_and_sample_as_one_process_with_two_devices(tmp_path):
+    two, one = tmp_path / "two", tmp_path / "one"
+    codes, errors = exit_codes_and_errors(start_processes(two))
+    assert codes == [0, 0], errors[0][-3000:] + errors[1][-3000:]
+    run_reference(one, **{"training.n_iters": 6})
+
+    # The same global batches and keys on the same two-device layout: the same arrays, bit for bit.
+    for a, b in zip(restored_arrays(two, 4), restored_arrays(one, 4)):
+        np.testing.assert_array_equal(a, b)
+    # Process 0 alone writes the logs and grids (one line per step and metric, one event file).
+    assert train_losses(two) == [loss for loss in train_losses(one) if loss[0] <= 4]
+    assert len(list((two / "tensorboard").iterdir())) == 1
+    assert sorted(p.name for p in (two / "samples").iterdir()) == ["samples_0000002.png", "samples_0000004.png"]
+
+    # Checkpoint 4 damaged: both processes see it, agree on step 2 and end where the reference does.
+    for path in (two / "checkpoints" / "4" / "state").rglob("*"):
+        if path.is_file() and path.parent.name == "d":
+            path.write_bytes(b"")
+    codes, errors = exit_codes_and_errors(start_processes(two, **{"training.n_iters": 6}))
+    assert codes == [0, 0], errors[0][-3000:] + errors[1][-3000:]
+    for stderr in errors:
+        assert "checkpoint 4 " in stderr and "cannot be read" in stderr and "resuming from step 2" in stderr
+    for a, b in zip(restored_arrays(two, 6), restored_arrays(one, 6)):
+        np.testing.assert_array_equal(a, b)
+
+    # Sampling over two processes: the images of one process with two devices.
+    codes, errors = exit_codes_and_errors(start_processes(two, "sample"))
+    assert codes == [0, 0], errors[0][-3000:] + errors[1][-3000:]
+    run_reference(one, "sample")
+    np.testing.assert_array_equal(np.load(two / "sample" / "sample_step_6.npz")["images"],
+                                  np.load(one / "sample" / "sample_step_6.npz")["images"])
+
+
+def test_ctrl_c_on_one_process_stops_both_at_one_step_and_a_lost_process_ends_the_other(tmp_path):
+    long_run = {"training.n_iters": 1000, "training.snapshot_freq": 1000, "training.snapshot_samples": 0}
+
+    def started(workdir):
+        processes = start_processes(workdir, **long_run)
+        deadline = time.time() + 300
+        while time.time() < deadline and not (workdir / "metrics.jsonl").exists():
+            time.sleep(0.2)
+        while time.time() < deadline and len(train_losses(workdir)) < 3:
+            time.sleep(0.2)
+        return processes
+
+    # Ctrl-C on one process becomes a preemption notice (SIGTERM) to JAX's sync: both save one step and stop.
+    processes = started(tmp_path / "term")
+    processes[1].send_signal(signal.SIGINT)
+    codes, errors = exit_codes_and_errors(processes)
+    assert codes == [0, 130], errors[0][-3000:] + errors[1][-3000:]
+    lines = [stderr.strip().splitlines()[-1] for stderr in errors]
+    assert lines[0].startswith("stopped by SIGTERM after step ") and lines[1].startswith("stopped by SIGINT after step ")
+    step = int(lines[0].split("after step ")[1].split(":")[0])
+    assert lines[1].split(":")[0] == f"stopped by SIGINT after step {step}"
+    assert sorted(int(p.name) for p in (tmp_path / "term" / "checkpoints").iterdir() if p.name.isdigit()) == [step]
+
+    # Process 1 killed: process 0 ends within the heartbeat timeout (10 s) and a little, with one line.
+    processes = started(tmp_path / "kill")
+    processes[1].kill()
+    killed_at = time.time()
+    processes[0].wait(timeout=60)
+    waited = time.time() - killed_at
+    codes, errors = exit_codes_and_errors(processes)
+    assert codes[0] == 1 and waited < 25, (waited, errors[0][-3000:])
+    # Whichever notices first: its collective (gloo sees the closed connection) or its watchdog.
+    last = errors[0].strip().splitlines()[-1]
+    assert "Traceback" not in errors[0], errors[0][-3000:]
+    assert (last.startswith("error: lost contact with another process of this run")
+            or last.startswith("error: process 1 of 2 has given no sign of life for 10 s")), last
+    assert last.endswith("resume from the last checkpoint that all processes committed"), last
