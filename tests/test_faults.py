@@ -7,13 +7,14 @@ import signal
 import subprocess
 import time
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-from ncsn_jax import checkpoints, train
+from ncsn_jax import checkpoints, parallel, run_config, train, train_state
 from ncsn_jax.errors import CheckpointMismatchError
-from tests.test_main import REPO, command, run_main, tiny_mnist
+from tests.test_main import REPO, command, tiny_mnist
 
 
 def logged_steps(workdir: pathlib.Path, name: str = "train/loss") -> list[int]:
@@ -25,56 +26,58 @@ def saved_steps(workdir: pathlib.Path) -> list[int]:
     return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
 
 
-@pytest.mark.parametrize("signal_number, exit_code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
-def test_a_signal_saves_the_step_reached_and_the_rerun_resumes_from_it(tmp_path, signal_number, exit_code):
-    # No snapshot would come before step 1000: whatever is saved, the signal saved.
+def test_ctrl_c_then_sigterm_save_the_step_reached_and_the_reruns_resume_from_it(tmp_path):
+    # No snapshot comes before step 1000: whatever is saved, a signal saved. The same command three times:
+    # stopped by Ctrl-C, resumed and stopped by SIGTERM, resumed to the end.
     workdir = tmp_path / "w"
-    args, env = command(workdir, **{"training.n_iters": 1000, "training.snapshot_freq": 1000,
-                                    "training.log_freq": 1, "training.snapshot_samples": 0})
-    process = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and process.poll() is None:
-            if (workdir / "metrics.jsonl").exists() and len(logged_steps(workdir)) >= 3:
-                break
-            time.sleep(0.2)
-        process.send_signal(signal_number)
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        process.kill()
-    assert process.returncode == exit_code, stderr[-3000:]
-    assert "Traceback" not in stderr, stderr[-3000:]
-    [step] = saved_steps(workdir)
-    assert step >= 3 and logged_steps(workdir)[-1] == step
-    name = signal.Signals(signal_number).name
-    assert stderr.strip().splitlines()[-1] == (
-        f"stopped by {name} after step {step}: saved checkpoint {step} in {workdir / 'checkpoints'}; "
-        "run the same command to resume")
-
-    if signal_number == signal.SIGTERM:  # the rerun (the same for both signals)
-        result = run_main(workdir, **{"training.n_iters": step + 2, "training.snapshot_freq": 1000,
-                                      "training.log_freq": 1, "training.snapshot_samples": 0})
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert f"resuming from step {step}" in result.stderr
-        assert logged_steps(workdir) == list(range(1, step + 3))
+    overrides = {"training.n_iters": 1000, "training.snapshot_freq": 1000, "training.log_freq": 1,
+                 "training.snapshot_samples": 0}
+    saved = []
+    for signal_number, exit_code in ((signal.SIGINT, 130), (signal.SIGTERM, 0)):
+        args, env = command(workdir, **overrides)
+        with open(tmp_path / "stderr", "w", encoding="utf-8") as log:  # a pipe could fill while we wait
+            process = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            deadline = time.time() + 300
+            while time.time() < deadline and process.poll() is None:
+                if (workdir / "metrics.jsonl").exists() and len(logged_steps(workdir)) >= len(saved) * 10 + 3:
+                    break
+                time.sleep(0.2)
+            process.send_signal(signal_number)
+            process.wait(timeout=120)
+        finally:
+            process.kill()
+            process.wait()
+        stderr = (tmp_path / "stderr").read_text()
+        assert process.returncode == exit_code, stderr[-3000:]
+        assert "Traceback" not in stderr, stderr[-3000:]
+        [step] = [s for s in saved_steps(workdir) if s not in saved]
+        assert logged_steps(workdir)[-1] == step
+        if saved:
+            assert f"resuming from step {saved[-1]}" in stderr
+        assert stderr.strip().splitlines()[-1] == (
+            f"stopped by {signal.Signals(signal_number).name} after step {step}: saved checkpoint {step} in "
+            f"{workdir / 'checkpoints'}; run the same command to resume")
+        saved.append(step)
+    assert saved[1] > saved[0] >= 3
+    assert logged_steps(workdir) == list(range(1, saved[1] + 1))  # every step logged once
 
 
 def test_resuming_with_another_input_size_or_ladder_is_refused_naming_each_field(tmp_path):
-    config = tiny_mnist(**{"training.n_iters": 3, "training.snapshot_samples": 0})
-    train.train_and_evaluate(config, str(tmp_path))
-    assert json.loads((tmp_path / "config.json").read_text())["data"]["image_size"] == 28
+    # The workdir as a run of `config` leaves it: its config.json and a checkpoint.
+    config = tiny_mnist()
+    run_config.save(config, str(tmp_path))
+    with checkpoints.Checkpointer(tmp_path / "checkpoints") as checkpointer:
+        checkpointer.save(3, train_state.init_train_state(config, jax.random.key(0), parallel.data_mesh()))
 
-    changed = tiny_mnist(**{"training.n_iters": 6, "data.image_size": 8, "model.sigma_begin": 20.0})
+    changed = tiny_mnist(**{"data.image_size": 8, "model.sigma_begin": 20.0})
     with pytest.raises(CheckpointMismatchError) as error:
         train.train_and_evaluate(changed, str(tmp_path))
     message = str(error.value)
     assert "data.image_size 28 there, 8 here" in message and "model.sigma_begin 16.0 there, 20.0 here" in message
     assert "\n" not in message and "ngf" not in message and saved_steps(tmp_path) == [3]
-
-    # Fields that leave the arrays' meaning alone may change: the run goes on.
-    state = train.train_and_evaluate(tiny_mnist(**{"training.n_iters": 6, "training.batch_size": 4,
-                                                   "optim.lr": 1e-3, "training.snapshot_samples": 0}), str(tmp_path))
-    assert int(state.step) == 6
+    # Fields that leave the arrays' meaning alone may change.
+    run_config.check_same_arrays(tiny_mnist(**{"training.batch_size": 4, "optim.lr": 1e-3}), str(tmp_path))
 
 
 def test_a_resumed_run_replaces_replayed_log_lines_and_draws_the_grid_a_kill_skipped(tmp_path):
@@ -88,6 +91,7 @@ def test_a_resumed_run_replaces_replayed_log_lines_and_draws_the_grid_a_kill_ski
     grid.unlink()
 
     train.train_and_evaluate(tiny_mnist(**{"training.n_iters": 6, "training.log_freq": 1}), str(tmp_path))
+    assert json.loads((tmp_path / "config.json").read_text())["training"]["n_iters"] == 6  # this run's config
     assert logged_steps(tmp_path) == [1, 2, 3, 4, 5, 6]
     assert logged_steps(tmp_path, "test/loss_ema") == [2, 4, 6]
     np.testing.assert_array_equal(np.asarray(Image.open(grid)), drawn)  # the same key: the same grid
