@@ -158,9 +158,9 @@ class _Watchdog(threading.Thread):
                 if value == _DONE or value != previous:
                     last_seen[other] = (value, now)
                 elif now - since > self._timeout and not self._finished.is_set():
-                    _end(f"process {other} of {self._count} has given no sign of life for {self._timeout} s, so "
-                         f"process {self._me} stops too. Run the same commands again on every host to resume from "
-                         "the last checkpoint that all processes committed")
+                    _end(f"process {other} of {self._count} has given no sign of life for {self._timeout} s "
+                         f"(--heartbeat_timeout), so process {self._me} stops too. Run the same commands again on "
+                         "every host to resume from the last checkpoint that all processes committed")
 
     def _try_get(self, other: int) -> str | None:
         try:

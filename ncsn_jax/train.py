@@ -105,6 +105,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     # rather than lost, and no writer thread outlives the run.
     with contextlib.ExitStack() as resources:
         resources.enter_context(WorkdirLock(workdir, "train"))
+        # From here a signal only asks to stop: it is honoured after the first step that follows it.
+        stop_signals = resources.enter_context(StopSignals(multiprocess=jax.process_count() > 1))
         checkpointer = resources.enter_context(checkpoints.Checkpointer(
             os.path.join(workdir, "checkpoints"), max_to_keep=training.keep_checkpoints,
             keep_every=training.keep_every,
@@ -133,7 +135,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
         # A kill between a checkpoint and its grid leaves the grid undrawn: draw it now (same key).
         # Drawing is collective, so process 0 (which writes the grids) decides for all.
-        grid_missed = resumed and _is_snapshot(start_step, training) and not os.path.exists(_grid_path(workdir, start_step))
+        grid_missed = (resumed and _is_snapshot(start_step, training)
+                       and not os.path.exists(_grid_path(workdir, start_step)))
         if jax.process_count() > 1:
             grid_missed = bool(multihost_utils.broadcast_one_to_all(np.int32(grid_missed)))
         if grid_missed and training.snapshot_samples:
@@ -151,7 +154,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             total=training.n_iters, initial=start_step, desc="train", unit="step",
             disable=jax.process_index() != 0, dynamic_ncols=True,
         ))
-        stop_signals = resources.enter_context(StopSignals(multiprocess=jax.process_count() > 1))
 
         window_losses: list[tuple[int, jax.Array]] = []
         window_start = time.perf_counter()

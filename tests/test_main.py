@@ -93,7 +93,9 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_p
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [3]
 
 
-@pytest.mark.parametrize("dataset, size", [("cifar10", 16), ("celeba", 16)])
+# CelebA only: its TFDS path is CIFAR-10's plus the crop (test_datasets reads both from mock data); the
+# CIFAR-10 case was taken out to keep CI under 30 minutes.
+@pytest.mark.parametrize("dataset, size", [("celeba", 16)])
 def test_train_on_tfds_mock_data(tmp_path, dataset, size):
     config = tiny.get_config()
     config.data.dataset = dataset
