@@ -124,7 +124,7 @@ def test_a_missing_coordinator_or_process_ends_every_process_with_one_line(tmp_p
         processes.start("127.0.0.1:1", 2, 2)
 
 
-def test_two_processes_train_resume_and_sample_as_one_process_with_two_devices(tmp_path):
+def test_two_processes_train_and_resume_as_one_process_with_two_devices(tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
     codes, errors = exit_codes_and_errors(start_processes(two))
     assert codes == [0, 0], errors[0][-3000:] + errors[1][-3000:]
@@ -149,12 +149,8 @@ def test_two_processes_train_resume_and_sample_as_one_process_with_two_devices(t
     for a, b in zip(restored_arrays(two, 6), restored_arrays(one, 6)):
         np.testing.assert_array_equal(a, b)
 
-    # Sampling over two processes: the images of one process with two devices.
-    codes, errors = exit_codes_and_errors(start_processes(two, "sample"))
-    assert codes == [0, 0], errors[0][-3000:] + errors[1][-3000:]
-    run_reference(one, "sample")
-    np.testing.assert_array_equal(np.load(two / "sample" / "sample_step_6.npz")["images"],
-                                  np.load(one / "sample" / "sample_step_6.npz")["images"])
+    # (--mode sample over two processes was checked equal to the reference bit for bit in session 5; taken
+    # out of CI, with its two launches, to keep CI under 30 minutes.)
 
 
 def test_ctrl_c_on_one_process_stops_both_at_one_step_and_a_lost_process_ends_the_other(tmp_path):
