@@ -48,8 +48,9 @@ def check_same_arrays(config: ml_collections.ConfigDict, workdir: str) -> None:
         return
     with open(path, encoding="utf-8") as file:
         saved = json.load(file)
-    differences = [f"{field} {_get(saved, field)!r} there, {_get(config.to_dict(), field)!r} here"
-                   for field in ARRAY_FIELDS if _get(saved, field) != _get(config.to_dict(), field)]
+    current = config.to_dict()
+    differences = [f"{field} {_get(saved, field)!r} there, {_get(current, field)!r} here"
+                   for field in ARRAY_FIELDS if _get(saved, field) != _get(current, field)]
     if differences:
         raise CheckpointMismatchError(
             f"the checkpoints in {workdir} were trained with another config ({'; '.join(differences)}). "
