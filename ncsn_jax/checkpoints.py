@@ -51,8 +51,8 @@ def silence_abandoned_io() -> None:
     reports as an unraisable exception; a failed background save leaves Orbax coroutines that fail again
     when the interpreter shuts down, and its background threads log the failure with a traceback for each.
     `restore_latest` and `wait_until_finished` say in one line what is damaged or failed and why, so the
-    first two are dropped and Orbax's error records keep their message but lose their traceback; every
-    other record and unraisable exception passes. Only for programs in which nothing but Orbax runs
+    first two are dropped and Orbax's error records keep their message but lose their traceback (those
+    of threads still running at shutdown are dropped); every other record and unraisable exception passes. Only for programs in which nothing but Orbax runs
     asyncio tasks (main.py).
     """
     asyncio_logger = python_logging.getLogger("asyncio")
@@ -85,6 +85,10 @@ class _AbandonedOrbaxTasks(python_logging.Filter):
 class _OrbaxErrorsWithoutTracebacks(python_logging.Filter):
     def filter(self, record: python_logging.LogRecord) -> bool:
         if record.levelno >= python_logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname:
+            # A background thread of a failed save that outlives the program's own error line only says
+            # that the interpreter is shutting down: it is dropped, so that line stays the last one.
+            if "after interpreter shutdown" in record.getMessage():
+                return False
             record.exc_info, record.exc_text = None, None
         return True
 

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from ncsn_jax import processes
+from ncsn_jax import cli, processes
 from ncsn_jax.errors import ConfigError
 from tests.test_main import REPO, TINY_MNIST, saved_params, tiny_mnist
 
@@ -84,8 +84,9 @@ def exit_codes_and_errors(processes, timeout=400):
     return [p.returncode for p in processes], [pathlib.Path(p.log.name).read_text() for p in processes]
 
 
-def run_reference(workdir, mode="train", **overrides):
-    result = subprocess.run([sys.executable, "-c", REFERENCE, *main_args(workdir, mode, {**RUN, **overrides})[1:]],
+def run_reference(workdir, mode="train", extra=(), **overrides):
+    result = subprocess.run([sys.executable, "-c", REFERENCE, *main_args(workdir, mode, {**RUN, **overrides})[1:],
+                             *extra],
                             cwd=REPO, env=environment(2), capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -124,33 +125,78 @@ def test_a_missing_coordinator_or_process_ends_every_process_with_one_line(tmp_p
         processes.start("127.0.0.1:1", 2, 2)
 
 
-def test_two_processes_train_and_resume_as_one_process_with_two_devices(tmp_path):
+def kill_once(processes, condition, what, timeout=300):
+    """SIGKILL every process as soon as `condition()` holds (checked every 50 ms)."""
+    deadline = time.time() + timeout
+    try:
+        while not condition():
+            ended = [p.poll() for p in processes]
+            assert ended == [None] * len(processes), f"a process ended before {what}: {ended}"
+            assert time.time() < deadline, f"no {what} within {timeout} s"
+            time.sleep(0.05)
+    finally:
+        for process in processes:
+            process.kill()
+        codes, errors = exit_codes_and_errors(processes)
+    assert codes == [-signal.SIGKILL] * len(processes), errors[0][-3000:]
+
+
+def committed_steps(workdir):
+    # Orbax writes a checkpoint under a temporary name and renames it to its step once committed.
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def test_two_processes_train_resume_and_evaluate_as_one_process_with_two_devices(tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
-    codes, errors = exit_codes_and_errors(start_processes(two))
-    assert codes == [0, 0], errors[0][-3000:] + errors[1][-3000:]
-    run_reference(one, **{"training.n_iters": 6})
 
-    # The same global batches and keys on the same two-device layout: the same arrays, bit for bit.
-    for a, b in zip(restored_arrays(two, 4), restored_arrays(one, 4)):
-        np.testing.assert_array_equal(a, b)
-    # Process 0 alone writes the logs and grids (one line per step and metric, one event file).
-    assert train_losses(two) == [loss for loss in train_losses(one) if loss[0] <= 4]
-    assert len(list((two / "tensorboard").iterdir())) == 1
-    assert sorted(p.name for p in (two / "samples").iterdir()) == ["samples_0000002.png", "samples_0000004.png"]
-
-    # Checkpoint 4 damaged: both processes see it, agree on step 2 and end where the reference does.
-    for path in (two / "checkpoints" / "4" / "state").rglob("*"):
+    # SIGKILL both processes once checkpoint 4 is committed, and damage the latest checkpoint they left:
+    # run again, both processes see the damage, agree on the checkpoint before it and resume from there.
+    processes = start_processes(two, **{"training.n_iters": 1000})
+    kill_once(processes, lambda: "saved checkpoint 4 " in pathlib.Path(processes[0].log.name).read_text(),
+              "checkpoint 4")
+    damaged = committed_steps(two)[-1]
+    for path in (two / "checkpoints" / str(damaged) / "state").rglob("*"):
         if path.is_file() and path.parent.name == "d":
             path.write_bytes(b"")
-    codes, errors = exit_codes_and_errors(start_processes(two, **{"training.n_iters": 6}))
+    end = damaged + 2
+    codes, errors = exit_codes_and_errors(start_processes(two, **{"training.n_iters": end}))
     assert codes == [0, 0], errors[0][-3000:] + errors[1][-3000:]
     for stderr in errors:
-        assert "checkpoint 4 " in stderr and "cannot be read" in stderr and "resuming from step 2" in stderr
-    for a, b in zip(restored_arrays(two, 6), restored_arrays(one, 6)):
-        np.testing.assert_array_equal(a, b)
+        assert f"checkpoint {damaged} " in stderr and "cannot be read" in stderr
+        assert f"resuming from step {damaged - 2}" in stderr
+    run_reference(one, **{"training.n_iters": end})
 
-    # (--mode sample over two processes was checked equal to the reference bit for bit in session 5; taken
-    # out of CI, with its two launches, to keep CI under 30 minutes.)
+    # The same global batches and keys on the same two-device layout: the same arrays, bit for bit.
+    for a, b in zip(restored_arrays(two, end), restored_arrays(one, end)):
+        np.testing.assert_array_equal(a, b)
+    # Process 0 alone writes the logs and grids: one line per step and metric (the steps the killed run
+    # logged after the checkpoint it resumed from are replaced), one event file per run.
+    assert train_losses(two) == train_losses(one)
+    assert len(list((two / "tensorboard").iterdir())) == 2
+    grids = {p.name for p in (two / "samples").iterdir()}
+    assert {f"samples_{step:07d}.png" for step in range(2, end + 1, 2)} <= grids
+    assert all(int(name[8:15]) % 2 == 0 for name in grids), grids
+
+    # --mode eval: killed after its first cached batch and run again, it scores as the reference does.
+    stats = tmp_path / "stats"
+    cli.run(tiny_mnist(), str(stats), "stats")
+    evaluation = {"eval.stats_path": str(stats / "stats" / "mnist_train.npz"), "eval.num_samples": 48,
+                  "eval.final_num_samples": 0, "eval.kid_subsets": 5, "eval.kid_subset_size": 8,
+                  "sampling.n_steps_each": 20}
+    only = [f"--checkpoint_step={end}"]
+    processes = start_processes(two, "eval", extra=only, **evaluation)
+    kill_once(processes, lambda: list((two / "eval").glob("step_*/batch_00000.npz")), "cached batch")
+    codes, errors = exit_codes_and_errors(start_processes(two, "eval", extra=only, **evaluation))
+    assert codes == [0, 0], errors[0][-3000:] + errors[1][-3000:]
+    done = int(errors[0].split(" of 12 sample batches already done")[0].split()[-1])
+    assert 1 <= done < 12, errors[0][-3000:]
+    run_reference(one, "eval", extra=only, **evaluation)
+    reports = [json.loads((workdir / "eval" / "report.json").read_text()) for workdir in (two, one)]
+    assert reports[0]["checkpoints"][str(end)] == pytest.approx(reports[1]["checkpoints"][str(end)], rel=1e-6)
+    (cache_two,), (cache_one,) = [list((workdir / "eval").glob("step_*")) for workdir in (two, one)]
+    for i in range(12):
+        for name, array in np.load(cache_two / f"batch_{i:05d}.npz").items():
+            np.testing.assert_array_equal(array, np.load(cache_one / f"batch_{i:05d}.npz")[name])
 
 
 def test_ctrl_c_on_one_process_stops_both_at_one_step_and_a_lost_process_ends_the_other(tmp_path):

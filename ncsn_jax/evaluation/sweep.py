@@ -74,6 +74,10 @@ def sample_features(
     done = 0
     while done < num_batches and os.path.exists(_batch_path(cache_dir, done)):
         done += 1
+    if jax.process_count() > 1:
+        # Every process must sample the same batches; process 0 writes the cache, so its view decides (a
+        # network file system may show another host a batch late).
+        done = int(multihost_utils.broadcast_one_to_all(np.int32(done)))
     if done:
         logging.info("%s: %d of %d sample batches already done", cache_dir, done, num_batches)
     image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
