@@ -50,9 +50,15 @@ def get_default_config() -> ml_collections.ConfigDict:
 
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.batch_size = 100
-    sampling.n_steps_each = 5
-    sampling.step_lr = 6.2e-6
+    # The sampler (ncsn_jax/sampling_methods.py): "ald", the paper's annealed Langevin dynamics; "cas",
+    # consistent annealed sampling; "pc", the VE SDE's predictor-corrector; "ode", the probability flow.
+    sampling.method = "ald"
+    sampling.n_steps_each = 5  # T: ald and cas steps per noise level
+    sampling.step_lr = 6.2e-6  # ε, the step size at σL (re-derived by technique 4 when ladder_stride > 1)
     sampling.denoise = True
+    sampling.ladder_stride = 1  # k > 1: sample on every k-th σ of the trained ladder (both ends kept)
+    sampling.corrector_steps = 1  # pc: Langevin corrector steps per level
+    sampling.snr = 0.16  # pc: the corrector's signal-to-noise ratio (score_sde's CIFAR-10 value)
     sampling.num_samples = 100  # --mode sample
     sampling.n_interpolations = 15  # --mode interpolate: columns per row
     sampling.num_references = 8  # --mode inpaint and interpolate: test images used (grid rows)

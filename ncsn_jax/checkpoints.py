@@ -52,8 +52,8 @@ def silence_abandoned_io() -> None:
     when the interpreter shuts down, and its background threads log the failure with a traceback for each.
     `restore_latest` and `wait_until_finished` say in one line what is damaged or failed and why, so the
     first two are dropped and Orbax's error records keep their message but lose their traceback (those
-    of threads still running at shutdown are dropped); every other record and unraisable exception passes. Only for programs in which nothing but Orbax runs
-    asyncio tasks (main.py).
+    of threads still running at shutdown are dropped); every other record and unraisable exception
+    passes. Only for programs in which nothing but Orbax runs asyncio tasks (main.py).
     """
     asyncio_logger = python_logging.getLogger("asyncio")
     if not any(isinstance(f, _AbandonedOrbaxTasks) for f in asyncio_logger.filters):

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import ml_collections
 
+from ncsn_jax import sampling_methods
 from ncsn_jax.datasets import DATASETS
 from ncsn_jax.errors import ConfigError
 from ncsn_jax.models import COMPUTE_DTYPES, MODELS
+from ncsn_jax.schedule import geometric_sigmas
 from ncsn_jax.train_state import LR_SCHEDULES
 
 FEATURES = ("auto", "inception", "digits")
@@ -34,6 +36,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "training.keep_checkpoints": config.training.keep_checkpoints,
         "sampling.batch_size": config.sampling.batch_size,
         "sampling.n_steps_each": config.sampling.n_steps_each,
+        "sampling.ladder_stride": config.sampling.ladder_stride,
         "model.num_scales": config.model.num_scales,
         "eval.batch_size": config.eval.batch_size,
         "eval.num_samples": config.eval.num_samples,
@@ -73,6 +76,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             f"config.sampling.step_lr {config.sampling.step_lr} must lie in (0, 2·sigma_end²) = "
             f"(0, {2 * config.model.sigma_end**2:g}) for Langevin dynamics to be stable"
         )
+    # The sampler's method and settings, on the ladder that training will create.
+    sampling_methods.check_settings(config.sampling, geometric_sigmas(
+        config.model.sigma_begin, config.model.sigma_end, config.model.num_scales))
     if not 0 <= config.model.ema_rate < 1:
         raise ConfigError(f"config.model.ema_rate must lie in [0, 1), got {config.model.ema_rate}")
     if config.optim.lr <= 0:

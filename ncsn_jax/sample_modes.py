@@ -2,7 +2,8 @@
 
 Each mode loads the weights to sample with (`ncsn_jax.weights`: θ' of a checkpoint, or an official
 PyTorch one), runs its driver of `ncsn_jax.sharded_sampling` over every device and writes
-`<workdir>/<mode>/<mode>_step_<N>.png` and `.npz` (`_official` for an official checkpoint).
+`<workdir>/<mode>/<mode>_step_<N>.png` and `.npz` (`_official` for an official checkpoint; a sampler
+other than the paper's adds its name, e.g. `sample_step_<N>_ode_stride2.png`).
 """
 from __future__ import annotations
 
@@ -46,6 +47,8 @@ def run_mode(
     state = weights.load_sampling_state(config, workdir, mesh, step, official_checkpoint)
     score_fn, sigmas, settings = state.score_fn(), state.sigmas, config.sampling
     label = f"step_{int(state.step)}" if not official_checkpoint else "official"
+    if (settings.method, settings.ladder_stride) != ("ald", 1):  # the paper's sampler keeps the plain name
+        label += f"_{settings.method}" + (f"_stride{settings.ladder_stride}" if settings.ladder_stride > 1 else "")
     rng = jax.random.fold_in(jax.random.key(config.seed), 1 + MODES.index(mode))
     image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
     if mode == "sample":

@@ -1,12 +1,13 @@
-"""Annealed Langevin dynamics (NCSNv2 Algorithm 1), with inpainting and interpolation variants.
+"""Annealed Langevin dynamics (NCSNv2 Algorithm 1), with inpainting and interpolation variants, and
+consistent annealed sampling (CAS), which differs only in the scale of each step's noise.
 
-The three samplers share one scan body. At flat step t of the L·T steps, the level is i = t // T and
+The samplers share one scan body. At flat step t of the L·T steps, the level is i = t // T and
 the step size is α_i = ε·(σ_i/σ_L)² (ε = `step_lr`, T = `n_steps_each`, σ_L = `sigmas[-1]`). A step
 
 1. applies the mode's constraint to x (inpainting: known pixels ← reference + σ_i·z'),
 2. evaluates s = score_fn(x, σ_i),
 3. draws the mode's noise z (interpolation: noise correlated along each row),
-4. sets x ← x + α_i·s + √(2α_i)·z.
+4. sets x ← x + α_i·s + √(2α_i)·z (CAS: x + α_i·s + c_t·z, `consistent_noise_scales`).
 
 After the last step the optional denoising step x ← x + σ_L²·s(x, σ_L) (Tweedie) returns the posterior
 mean of the clean image. Nothing is clamped: images leave the sampler as they are and are clipped to
@@ -143,10 +144,44 @@ def _unconstrained(key: jax.Array, x: jax.Array, sigma: jax.Array) -> jax.Array:
     return x
 
 
+def consistent_noise_scales(sigmas: jax.Array, n_steps_each: int, step_lr: ArrayLike) -> jax.Array:
+    """The noise scale of each of the L·T steps of consistent annealed sampling (CAS).
+
+    Jolicoeur-Martineau et al. (2020) scale the noise so that the state's noise level follows the ladder
+    exactly. With η = ε/σ_L², a step x + η·σ_i²·s(x, σ_i) applied to y + σ_i·n (exact score of data y
+    concentrated at a point) leaves y + (1 − η)·σ_i·n; adding β·σ_next·z with
+
+        β = √(1 − ((1 − η)·σ_i/σ_next)²)
+
+    gives noise of level exactly σ_next, the level of the next step (σ_i itself within a level, σ_{i+1}
+    across levels, γ = σ_i/σ_{i+1} the ladder's ratio). This needs (1 − η)·γ ≤ 1, i.e.
+    ε ≥ σ_L²(1 − 1/γ), which `ncsn_jax.sampling_methods` checks; scales are clamped at 0 here, so a
+    smaller ε adds no noise rather than NaN. The last step targets σ = 0 and adds no noise (the original
+    algorithm's σ_{L+1} = 0).
+
+    Args:
+        sigmas: (L,) noise levels σ1 > ... > σ_L.
+        n_steps_each: T, steps per level.
+        step_lr: ε, the step size at σ_L.
+
+    Returns:
+        (L·T,) the scale β·σ_next of each step's standard-normal noise.
+    """
+    eta = step_lr / sigmas[-1]**2
+    current = jnp.repeat(sigmas, n_steps_each)
+    following = jnp.concatenate([current[1:], jnp.zeros((1,), sigmas.dtype)])
+    variance = following**2 - ((1.0 - eta) * current)**2
+    return jnp.sqrt(jnp.maximum(variance, 0.0)).at[-1].set(0.0)
+
+
 def _anneal(score_fn: ScoreFn, rng: jax.Array, x_init: jax.Array, sigmas: jax.Array,
             n_steps_each: int, step_lr: ArrayLike, keep_every: int, return_diagnostics: bool,
-            draw_noise: _NoiseFn, constrain: _ConstrainFn) -> SamplerOutput:
-    """Runs the L·T annealed Langevin steps shared by all samplers, without the denoising step."""
+            draw_noise: _NoiseFn, constrain: _ConstrainFn,
+            noise_scales: jax.Array | None = None) -> SamplerOutput:
+    """Runs the L·T annealed steps shared by all samplers, without the denoising step.
+
+    The noise of step t is scaled by √(2α_i) (Langevin), or by `noise_scales[t]` when given (CAS).
+    """
     n_levels = sigmas.shape[0]
     n_total = n_levels * n_steps_each
     chunk = keep_every or n_total
@@ -164,7 +199,10 @@ def _anneal(score_fn: ScoreFn, rng: jax.Array, x_init: jax.Array, sigmas: jax.Ar
         x = constrain(constrain_key, x, sigma)
         score = score_fn(x, jnp.full((batch,), sigma))
         noise = draw_noise(noise_key, x)
-        x = langevin_step(x, score, noise, step_size)
+        if noise_scales is None:
+            x = langevin_step(x, score, noise, step_size)
+        else:
+            x = x + step_size * score + noise_scales[t] * noise
         if not return_diagnostics:
             return x, None
         grad_norm = _batch_mean_norm(score)
@@ -204,7 +242,7 @@ def _denoise(score_fn: ScoreFn, x: jax.Array, sigmas: jax.Array) -> jax.Array:
 _STATIC = ("n_steps_each", "denoise", "keep_every", "return_diagnostics")
 
 
-def _jit_sampler(static_argnames: tuple[str, ...]):
+def jit_sampler(static_argnames: tuple[str, ...]):
     """jax.jit for a sampler whose first argument, score_fn, is traced as a pytree (see module doc)."""
 
     def decorate(sampler):
@@ -221,7 +259,7 @@ def _jit_sampler(static_argnames: tuple[str, ...]):
     return decorate
 
 
-@_jit_sampler(_STATIC)
+@jit_sampler(_STATIC)
 def annealed_langevin_dynamics(score_fn: ScoreFn, rng: jax.Array, x_init: ArrayLike,
                                sigmas: ArrayLike, n_steps_each: int, step_lr: ArrayLike,
                                denoise: bool = True, keep_every: int = 0,
@@ -257,7 +295,45 @@ def annealed_langevin_dynamics(score_fn: ScoreFn, rng: jax.Array, x_init: ArrayL
     return out._replace(samples=_denoise(score_fn, out.samples, sigmas))
 
 
-@_jit_sampler(_STATIC)
+def prior_init(rng: jax.Array, shape: tuple[int, ...], sigma_begin: ArrayLike) -> jax.Array:
+    """Draws x0 ~ N(0, σ1²·I), the VE prior: data noised at σ1 ≫ the data's spread looks like it.
+
+    Args:
+        rng: PRNG key.
+        shape: (B, ...).
+        sigma_begin: σ1, the largest noise level.
+
+    Returns:
+        float32 array of `shape`.
+    """
+    return sigma_begin * jax.random.normal(rng, shape, jnp.float32)
+
+
+@jit_sampler(_STATIC)
+def consistent_annealed_sampling(score_fn: ScoreFn, rng: jax.Array, x_init: ArrayLike,
+                                 sigmas: ArrayLike, n_steps_each: int, step_lr: ArrayLike,
+                                 denoise: bool = True, keep_every: int = 0,
+                                 return_diagnostics: bool = False) -> SamplerOutput:
+    """Consistent annealed sampling (CAS; Jolicoeur-Martineau et al., 2020) with optional denoising.
+
+    The steps of `annealed_langevin_dynamics` (α_i = ε·(σ_i/σ_L)²), with each step's noise scaled so
+    that the state's noise level follows the ladder (`consistent_noise_scales`). The original algorithm
+    takes one step per level (T = 1) and starts from the prior N(0, σ1²) (`prior_init`).
+
+    Args and returns: as `annealed_langevin_dynamics`.
+    """
+    x_init = jnp.asarray(x_init, jnp.float32)
+    sigmas = jnp.asarray(sigmas, jnp.float32)
+    _validate(x_init, sigmas, n_steps_each, keep_every)
+    out = _anneal(score_fn, rng, x_init, sigmas, n_steps_each, step_lr, keep_every,
+                  return_diagnostics, _standard_noise, _unconstrained,
+                  consistent_noise_scales(sigmas, n_steps_each, step_lr))
+    if not denoise:
+        return out
+    return out._replace(samples=_denoise(score_fn, out.samples, sigmas))
+
+
+@jit_sampler(_STATIC)
 def annealed_langevin_inpainting(score_fn: ScoreFn, rng: jax.Array, x_init: ArrayLike,
                                  reference: ArrayLike, mask: ArrayLike, sigmas: ArrayLike,
                                  n_steps_each: int, step_lr: ArrayLike, denoise: bool = False,
@@ -294,6 +370,27 @@ def annealed_langevin_inpainting(score_fn: ScoreFn, rng: jax.Array, x_init: Arra
         ValueError: if reference or mask do not broadcast to x_init's shape, or as
             `annealed_langevin_dynamics`.
     """
+    return _inpaint(score_fn, rng, x_init, reference, mask, sigmas, n_steps_each, step_lr, denoise,
+                    keep_every, return_diagnostics, consistent=False)
+
+
+@jit_sampler(_STATIC)
+def consistent_annealed_inpainting(score_fn: ScoreFn, rng: jax.Array, x_init: ArrayLike,
+                                   reference: ArrayLike, mask: ArrayLike, sigmas: ArrayLike,
+                                   n_steps_each: int, step_lr: ArrayLike, denoise: bool = False,
+                                   keep_every: int = 0,
+                                   return_diagnostics: bool = False) -> SamplerOutput:
+    """`annealed_langevin_inpainting` with the steps of `consistent_annealed_sampling`.
+
+    The known pixels are set to reference + σ_i·z' before each step, as there; the noise of the
+    update is CAS's, so the unknown pixels' noise level follows the ladder.
+    """
+    return _inpaint(score_fn, rng, x_init, reference, mask, sigmas, n_steps_each, step_lr, denoise,
+                    keep_every, return_diagnostics, consistent=True)
+
+
+def _inpaint(score_fn, rng, x_init, reference, mask, sigmas, n_steps_each, step_lr, denoise, keep_every,
+             return_diagnostics, consistent):
     x_init = jnp.asarray(x_init, jnp.float32)
     sigmas = jnp.asarray(sigmas, jnp.float32)
     reference = jnp.asarray(reference, jnp.float32)
@@ -312,15 +409,16 @@ def annealed_langevin_inpainting(score_fn: ScoreFn, rng: jax.Array, x_init: Arra
         corrupted = reference + sigma * jax.random.normal(key, x.shape, x.dtype)
         return jnp.where(known, corrupted, x)
 
+    noise_scales = consistent_noise_scales(sigmas, n_steps_each, step_lr) if consistent else None
     out = _anneal(score_fn, rng, x_init, sigmas, n_steps_each, step_lr, keep_every,
-                  return_diagnostics, _standard_noise, constrain)
+                  return_diagnostics, _standard_noise, constrain, noise_scales)
     if not denoise:
         return out
     x = _denoise(score_fn, out.samples, sigmas)
     return out._replace(samples=jnp.where(known, reference, x))
 
 
-@_jit_sampler(_STATIC + ("n_interpolations",))
+@jit_sampler(_STATIC + ("n_interpolations",))
 def annealed_langevin_interpolation(score_fn: ScoreFn, rng: jax.Array, x_init: ArrayLike,
                                     sigmas: ArrayLike, n_steps_each: int, step_lr: ArrayLike,
                                     n_interpolations: int, denoise: bool = False,

@@ -1,9 +1,10 @@
 """The samplers run over every device: global batches sharded along the ('data',) mesh axis.
 
 The drivers take a score function, the ladder σ1 > … > σL and the sampling settings (`config.sampling`:
-`batch_size`, `n_steps_each` = T, `step_lr` = ε, `denoise`), run the jit-compiled samplers of
-`ncsn_jax.sampling` on batches split over the mesh and gather the images on every host. They know
-nothing of checkpoints or train states (`ncsn_jax.weights` gives the score function of a checkpoint).
+`method`, `batch_size`, `n_steps_each` = T, `step_lr` = ε, `denoise`, …), run the jit-compiled sampler
+that `ncsn_jax.sampling_methods` picks on batches split over the mesh and gather the images on every
+host. They know nothing of checkpoints or train states (`ncsn_jax.weights` gives the score function of a
+checkpoint).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import tqdm
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from ncsn_jax import parallel, sampling
+from ncsn_jax import parallel, sampling, sampling_methods
 from ncsn_jax.score import ScoreFn
 
 ImageShape = tuple[int, int, int]
@@ -29,10 +30,12 @@ def _round_up(n: int, multiple: int) -> int:
     return math.ceil(n / multiple) * multiple
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _sharded_uniform(rng: jax.Array, shape: tuple[int, ...], sharding: jax.sharding.Sharding) -> jax.Array:
-    """U[0, 1) initial states created directly with the batch sharding (no host round trip)."""
-    return jax.lax.with_sharding_constraint(sampling.uniform_init(rng, shape), sharding)
+@functools.partial(jax.jit, static_argnums=(0, 2, 3))
+def _sharded_initial_state(method: str, rng: jax.Array, shape: tuple[int, ...], sharding: jax.sharding.Sharding,
+                           sigma_begin: jax.Array) -> jax.Array:
+    """The method's initial states (`sampling_methods.initial_state`), created with the batch sharding."""
+    return jax.lax.with_sharding_constraint(
+        sampling_methods.initial_state(method, rng, shape, sigma_begin), sharding)
 
 
 def _gather(x: jax.Array, count: int) -> np.ndarray:
@@ -56,16 +59,15 @@ def sample_batches(
     """
     batch = settings.batch_size
     parallel.per_host_batch_size(batch, mesh, "sampling.batch_size")  # must divide over the devices
+    sampling_methods.check_settings(settings, np.asarray(sigmas))
     shape = (batch, *image_shape)
     # Every batch is full, the last one trimmed afterwards: one shape, so the sampler compiles once.
     for index in range(first_batch, math.ceil(num_samples / batch)):
         batch_rng = jax.random.fold_in(rng, index)
-        x_init = _sharded_uniform(jax.random.fold_in(batch_rng, 0), shape, parallel.batch_sharding(mesh))
-        out = sampling.annealed_langevin_dynamics(
-            score_fn, jax.random.fold_in(batch_rng, 1), x_init, sigmas,
-            n_steps_each=settings.n_steps_each, step_lr=settings.step_lr, denoise=settings.denoise,
-        )
-        yield index, _gather(out.samples, min(batch, num_samples - index * batch))
+        x_init = _sharded_initial_state(settings.method, jax.random.fold_in(batch_rng, 0), shape,
+                                        parallel.batch_sharding(mesh), sigmas[0])
+        samples = sampling_methods.run(score_fn, jax.random.fold_in(batch_rng, 1), x_init, sigmas, settings)
+        yield index, _gather(samples, min(batch, num_samples - index * batch))
 
 
 def draw_samples(
@@ -127,12 +129,12 @@ def inpaint(
     repeated = np.concatenate([repeated, repeated[: padded - count]]) if padded > count else repeated
     sharding = parallel.batch_sharding(mesh)
     reference = jax.device_put(repeated, sharding)
-    x_init = _sharded_uniform(jax.random.fold_in(rng, 0), repeated.shape, sharding)
-    out = sampling.annealed_langevin_inpainting(
-        score_fn, jax.random.fold_in(rng, 1), x_init, reference, jnp.asarray(mask), sigmas,
-        n_steps_each=settings.n_steps_each, step_lr=settings.step_lr,
-    )
-    return _gather(out.samples, count)
+    sampling_methods.check_settings(settings, np.asarray(sigmas), "inpaint")
+    x_init = _sharded_initial_state(settings.method, jax.random.fold_in(rng, 0), repeated.shape, sharding,
+                                    sigmas[0])
+    samples = sampling_methods.inpaint(score_fn, jax.random.fold_in(rng, 1), x_init, reference,
+                                       jnp.asarray(mask), sigmas, settings)
+    return _gather(samples, count)
 
 
 def interpolate(
@@ -155,6 +157,7 @@ def interpolate(
     Returns:
       (R·n, H, W, C) float32, row-major; unclamped.
     """
+    sampling_methods.check_settings(settings, np.asarray(sigmas), "interpolate")
     devices = mesh.devices.size
     rows = starts.shape[0]
     # Whole rows are padded so that the batch divides over the devices.

@@ -31,3 +31,24 @@ def test_accelerator_benchmark_on_cpu_with_tiny_settings():
     hours = 50_000 * sampler["score_evals_per_sample"] / sampler["score_evals_per_s"] / 3600
     assert sampler["hours_for_50k_samples"] == pytest.approx(hours, rel=0.01)
 
+
+
+def test_sampler_quality_benchmark_on_the_mixture(tmp_path):
+    out = tmp_path / "mixture"
+    args = [sys.executable, "benchmarks/sampler_quality.py", "--mixture", "--grid", "quick", "--num_samples", "64",
+            "--seeds", "2", "--out", str(out)]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    run = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(out.with_suffix(".json").read_text())
+    rows = {row["setting"]: row for row in report["rows"]}
+    assert list(rows) == ["ald T=2", "cas T=1", "pc corrector=1 stride=2", "ode stride=2"]
+    # The mixture's ladder by techniques 1 and 2 has 32 levels; stride 2 keeps ⌈31/2⌉ + 1 = 17.
+    assert [row["evaluations"] for row in rows.values()] == [32 * 2 + 1, 32 + 1, 17 * 2, 2 * 16 + 1]
+    for row in rows.values():
+        assert len(row["per_seed"]) == 2 and row["mean"] == pytest.approx(sum(row["per_seed"]) / 2)
+        assert len(set(row["per_seed"])) == 2  # two seeds, two sample sets
+    # The exact score makes the ODE nearly exact (its W1 is the sampling error of 4,096 pixels and the
+    # solver's); two Langevin steps per level on this coarse ladder are far off.
+    assert rows["ode stride=2"]["mean"] < 0.2 < rows["ald T=2"]["mean"]
+    assert out.with_suffix(".png").stat().st_size > 10_000

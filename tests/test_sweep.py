@@ -125,3 +125,18 @@ def test_the_sweep_reads_only_the_sampling_weights(trained_workdir, monkeypatch)
     assert [int(state.step) for state in loaded[:2]] == [3, 6] and len(loaded) == 3
     for state in loaded:
         assert isinstance(state, SamplingState)
+
+
+def test_the_sampler_is_part_of_the_cache_key_and_the_paper_sampler_keeps_its_key():
+    extractor = type("Extractor", (), {"name": "digits"})()
+    digest = sweep._settings_digest  # pylint: disable=protected-access
+    default = digest(eval_config(), extractor)
+    # The paper's sampler keeps the digest that the code before the other samplers gave (computed with
+    # that commit's sweep.py), so existing caches stay valid.
+    assert eval_config().sampling.method == "ald" and default == "56ff431c"
+    assert digest(eval_config(**{"sampling.snr": 0.3}), extractor) == default  # pc's setting only
+    digests = {digest(eval_config(**overrides), extractor) for overrides in (
+        {"sampling.method": "cas"}, {"sampling.method": "ode"}, {"sampling.ladder_stride": 2},
+        {"sampling.method": "pc"}, {"sampling.method": "pc", "sampling.snr": 0.3},
+        {"sampling.method": "pc", "sampling.corrector_steps": 2})}
+    assert len(digests) == 6 and default not in digests

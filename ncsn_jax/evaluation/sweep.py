@@ -135,6 +135,12 @@ def _settings_digest(config: ml_collections.ConfigDict, extractor: FeatureExtrac
     sampling, model = config.sampling, config.model
     settings = [config.seed, extractor.name, sampling.batch_size, sampling.n_steps_each, sampling.step_lr,
                 sampling.denoise, model.sigma_begin, model.sigma_end, model.num_scales]
+    if (sampling.method, sampling.ladder_stride) != ("ald", 1):
+        # Other samplers' samples are other samples; the paper's sampler keeps the digest (and the
+        # caches) it had before there were others.
+        settings += [sampling.method, sampling.ladder_stride]
+        if sampling.method == "pc":
+            settings += [sampling.corrector_steps, sampling.snr]
     return hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:8]
 
 

@@ -1,0 +1,218 @@
+"""Sample quality against score evaluations per image, for each sampler at several budgets.
+
+    # a trained model: the Fréchet distance of its samples (digit classifier for MNIST, Inception otherwise)
+    python benchmarks/sampler_quality.py --config configs/mnist.py --workdir runs/mnist --out results/mnist
+    # the Gaussian mixture of tests/test_sampling_methods.py, whose score is exact: an exact metric
+    python benchmarks/sampler_quality.py --mixture --out results/mixture
+
+For every setting of `--grid` (method, T, corrector steps, ladder stride; see GRID) and every seed, draws
+`--num_samples` samples with the sampler of `ncsn_jax.sampling_methods`, and scores them:
+  model    the Fréchet distance (`fd`) and Inception Score of the config's feature extractor, against the
+           statistics of `--mode stats` (computed here when `<workdir>/stats` has none);
+  mixture  the Wasserstein-1 distance (`w1`) between the samples' pixels and the mixture, computed
+           against its exact CDF, and the error of the left mode's weight.
+Each setting's ε is technique 4's for its ladder and T (the config's ε is for its own T only). Prints one
+JSON line per setting (with the sampling seconds of its last seed, compiled by then), and writes
+`<out>.json` (every seed's score) and `<out>.png` (score against evaluations per image, a bar for the
+spread over the seeds, the first setting, in the full grid the paper's sampler, as a band).
+"""
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+from scipy import stats as scipy_stats  # noqa: E402
+
+from ncsn_jax import images, parallel, sampling_methods, schedule, sharded_sampling, weights  # noqa: E402
+from ncsn_jax.evaluation import features, reference, sweep  # noqa: E402
+
+# (method, settings): the paper's sampler first (the reference), then cheaper budgets of each method.
+GRID = {
+    "full": [
+        ("ald", {"n_steps_each": 5}),
+        ("ald", {"n_steps_each": 1}),
+        ("ald", {"n_steps_each": 5, "ladder_stride": 4}),
+        ("cas", {"n_steps_each": 1}),
+        ("cas", {"n_steps_each": 1, "ladder_stride": 2}),
+        ("cas", {"n_steps_each": 2}),
+        ("pc", {"corrector_steps": 1}),
+        ("pc", {"corrector_steps": 1, "ladder_stride": 2}),
+        ("pc", {"corrector_steps": 0}),
+        ("ode", {}),
+        ("ode", {"ladder_stride": 2}),
+        ("ode", {"ladder_stride": 4}),
+    ],
+    # One budget of each method, for a quick check (and the tests).
+    "quick": [
+        ("ald", {"n_steps_each": 2}),
+        ("cas", {"n_steps_each": 1}),
+        ("pc", {"corrector_steps": 1, "ladder_stride": 2}),
+        ("ode", {"ladder_stride": 2}),
+    ],
+}
+
+flags.DEFINE_bool("mixture", False, "Score the samplers on the Gaussian mixture with its exact score.")
+config_flags.DEFINE_config_file("config", None, "The trained model's config, e.g. configs/mnist.py.", lock_config=True)
+flags.DEFINE_string("workdir", None, "The trained model's folder (its checkpoints and stats).")
+flags.DEFINE_integer("checkpoint_step", None, "The checkpoint to sample from; default the latest.")
+flags.DEFINE_integer("num_samples", 1000, "Samples per setting and seed.")
+flags.DEFINE_integer("seeds", 2, "Seeds per setting: the spread of the score.")
+flags.DEFINE_enum("grid", "full", list(GRID), "The settings to run (see GRID).")
+flags.DEFINE_string("out", None, "Writes <out>.json and <out>.png.")
+FLAGS = flags.FLAGS
+
+# The mixture: every pixel of an 8×8 image 0.25·N(−6, 0.5²) + 0.75·N(2, 1²), as in the tests; its ladder
+# by the paper's techniques (σ1 above the largest distance between images, L by technique 2).
+MIXTURE_WEIGHTS, MIXTURE_MEANS, MIXTURE_STDS = np.array([0.25, 0.75]), np.array([-6.0, 2.0]), np.array([0.5, 1.0])
+MIXTURE_SHAPE = (8, 8, 1)
+
+
+def mixture_score(x, sigma):
+    var = MIXTURE_STDS**2 + sigma.reshape((-1,) + (1,) * (x.ndim - 1))[..., None]**2
+    log_p = np.log(MIXTURE_WEIGHTS) - 0.5 * jnp.log(var) - 0.5 * (x[..., None] - MIXTURE_MEANS)**2 / var
+    return jnp.sum(jax.nn.softmax(log_p, axis=-1) * (MIXTURE_MEANS - x[..., None]) / var, axis=-1)
+
+
+def mixture_ladder() -> np.ndarray:
+    dim = int(np.prod(MIXTURE_SHAPE))
+    sigma_begin = 2.0 * 10.0 * np.sqrt(dim)  # above the largest distance between two images (< 10·√dim)
+    num_levels = schedule.num_noise_scales(dim, sigma_begin, 0.01)
+    return schedule.geometric_sigmas(sigma_begin, 0.01, num_levels)
+
+
+def mixture_scores(samples: np.ndarray) -> dict[str, float]:
+    """W1 between the pixels and the mixture (∫|F_n − F| over a fine grid), and the left weight's error."""
+    pixels = np.sort(samples.ravel().astype(np.float64))
+    grid = np.linspace(-12.0, 8.0, 20_001)
+    exact = np.sum(MIXTURE_WEIGHTS * scipy_stats.norm.cdf((grid[:, None] - MIXTURE_MEANS) / MIXTURE_STDS), axis=1)
+    empirical = np.searchsorted(pixels, grid, side="right") / pixels.size
+    w1 = float(np.sum(np.abs(empirical - exact)) * (grid[1] - grid[0]))
+    # Outside the grid the CDFs differ only by the samples that landed there.
+    w1 += float(np.sum(np.maximum(-12.0 - pixels, 0)) + np.sum(np.maximum(pixels - 8.0, 0))) / pixels.size
+    return {"w1": w1, "weight_error": float(abs(np.mean(pixels < -2.0) - MIXTURE_WEIGHTS[0]))}
+
+
+def setting_config(base: ml_collections.ConfigDict, method: str, overrides: dict,
+                   sigmas: np.ndarray) -> ml_collections.ConfigDict:
+    settings = ml_collections.ConfigDict(base.to_dict())
+    settings.method = method
+    settings.update(overrides)
+    levels = sigmas[sampling_methods.sub_ladder_indices(len(sigmas), settings.ladder_stride)]
+    gamma = (levels[0] / levels[-1])**(1.0 / (len(levels) - 1))
+    settings.step_lr = schedule.langevin_step_size(gamma, float(levels[-1]), settings.n_steps_each)
+    sampling_methods.check_settings(settings, sigmas)
+    return settings
+
+
+def describe(method: str, settings: ml_collections.ConfigDict) -> str:
+    parts = [method]
+    if method in ("ald", "cas"):
+        parts.append(f"T={settings.n_steps_each}")
+    if method == "pc":
+        parts.append(f"corrector={settings.corrector_steps}")
+    if settings.ladder_stride > 1:
+        parts.append(f"stride={settings.ladder_stride}")
+    return " ".join(parts)
+
+
+def plot(rows: list[dict], metric: str, title: str, path: str) -> None:
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    reference_row = rows[0]
+    low, high = min(reference_row["per_seed"]), max(reference_row["per_seed"])
+    axes.axhspan(low, high, color="grey", alpha=0.25, label=f"{reference_row['setting']}: spread over the seeds")
+    for method, marker in zip(sampling_methods.METHODS, "osD^"):
+        mine = [row for row in rows if row["method"] == method]
+        if not mine:
+            continue
+        x = [row["evaluations"] for row in mine]
+        y = [row["mean"] for row in mine]
+        spread = [[row["mean"] - min(row["per_seed"]) for row in mine],
+                  [max(row["per_seed"]) - row["mean"] for row in mine]]
+        axes.errorbar(x, y, yerr=spread, fmt=marker, capsize=3, label=method)
+        for row in mine:
+            axes.annotate(row["setting"].split(" ", 1)[-1] if " " in row["setting"] else "", (row["evaluations"],
+                          row["mean"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    axes.set_xscale("log")
+    axes.set_xlabel("score evaluations per image")
+    axes.set_ylabel(metric)
+    axes.set_title(title, fontsize=10)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main(_):
+    mesh = parallel.data_mesh()
+    if FLAGS.mixture:
+        sigmas = mixture_ladder()
+        score_fn, image_shape = mixture_score, MIXTURE_SHAPE
+        base = ml_collections.ConfigDict({"batch_size": FLAGS.num_samples, "n_steps_each": 5, "step_lr": 1e-5,
+                                          "denoise": True, "method": "ald", "ladder_stride": 1,
+                                          "corrector_steps": 1, "snr": 0.16})
+        metric, title = "w1", f"Gaussian mixture, {len(sigmas)} levels, {FLAGS.num_samples} images per seed"
+        score = mixture_scores
+        seed = 0
+    else:
+        config = FLAGS.config
+        state = weights.load_sampling_state(config, FLAGS.workdir, mesh, FLAGS.checkpoint_step)
+        score_fn, sigmas = state.score_fn(), state.sigmas
+        image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
+        base = config.sampling
+        extractor = features.feature_extractor(config)
+        path = reference.statistics_path(config, FLAGS.workdir)
+        if not os.path.exists(path):
+            reference.run_stats(config, FLAGS.workdir)
+        statistics = reference.load_reference_statistics(path)
+        metric = "fd"
+        title = (f"{config.data.dataset}, step {int(state.step)}, {len(sigmas)} levels, {FLAGS.num_samples} "
+                 f"samples per seed ({extractor.name} features)")
+        seed = config.seed
+
+        def score(samples):
+            found, logits = extractor.fn(images.to_8bit_levels(samples))
+            result = sweep.quality_metrics(found, logits, statistics, config)
+            return {"fd": result["fd"], "inception_score": result["inception_score"]}
+
+    ladder = np.asarray(sigmas, np.float64)
+    rows = []
+    for method, overrides in GRID[FLAGS.grid]:
+        settings = setting_config(base, method, overrides, ladder)
+        results = []
+        for index in range(FLAGS.seeds):
+            rng = jax.random.fold_in(jax.random.key(seed), 1000 + index)
+            start = time.perf_counter()
+            samples = sharded_sampling.draw_samples(score_fn, jnp.asarray(sigmas, jnp.float32), settings,
+                                                    image_shape, rng, FLAGS.num_samples, mesh, progress_bar=False)
+            seconds = time.perf_counter() - start  # the last seed's: compiled by then
+            results.append(score(samples))
+        per_seed = [result[metric] for result in results]
+        row = {"setting": describe(method, settings), "method": method, "settings": settings.to_dict(),
+               "evaluations": sampling_methods.score_evaluations(len(ladder), settings),
+               "metric": metric, "mean": float(np.mean(per_seed)), "per_seed": per_seed,
+               "all_scores": results, "seconds": seconds}
+        rows.append(row)
+        print(json.dumps({k: row[k] for k in ("setting", "evaluations", "metric", "mean", "per_seed", "seconds")}),
+              flush=True)
+    if FLAGS.out:
+        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+        with open(FLAGS.out + ".json", "w") as file:
+            json.dump({"title": title, "num_samples": FLAGS.num_samples, "seeds": FLAGS.seeds, "rows": rows},
+                      file, indent=1)
+        plot(rows, metric, title, FLAGS.out + ".png")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,197 @@
+"""The samplers beyond the paper's (cas, pc, ode) and the sub-ladder, against exact scores: a Gaussian
+mixture whose noised score is known in closed form, and a Gaussian whose probability flow is known."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from scipy import stats
+
+from configs import mnist
+from ncsn_jax import config_checks, sampling, sampling_methods, schedule, sde_sampling
+from ncsn_jax.errors import ConfigError
+
+# Every pixel is an independent draw of the mixture 0.25·N(−6, 0.5²) + 0.75·N(2, 1²), whose mean is 0, the
+# prior's: the ODE maps the prior's quantiles to the data's, so a prior off by 2 of its σ1 = 50 would shift
+# the weights by 1.3%.
+WEIGHTS, MEANS, STDS = np.array([0.25, 0.75]), np.array([-6.0, 2.0]), np.array([0.5, 1.0])
+BETWEEN_MODES = -2.0  # 8 of the left mode's σ and 4 of the right's from them
+SHAPE = (1000, 8, 8, 1)
+
+
+def _geometric(sigma_begin, sigma_end, num_levels):
+    return np.exp(np.linspace(np.log(sigma_begin), np.log(sigma_end), num_levels)).astype(np.float32)
+
+
+def mixture_score(x, sigma):
+    """∇x log of the mixture convolved with N(0, σ²), per pixel."""
+    var = STDS**2 + sigma.reshape((-1,) + (1,) * (x.ndim - 1))[..., None]**2
+    log_p = np.log(WEIGHTS) - 0.5 * jnp.log(var) - 0.5 * (x[..., None] - MEANS)**2 / var
+    return jnp.sum(jax.nn.softmax(log_p, axis=-1) * (MEANS - x[..., None]) / var, axis=-1)
+
+
+def settings(**overrides):
+    values = {"method": "ald", "n_steps_each": 1, "step_lr": 1e-5, "denoise": True, "ladder_stride": 1,
+              "corrector_steps": 1, "snr": 0.16, "batch_size": 8}
+    return ml_collections.ConfigDict({**values, **overrides})
+
+
+# Each method on a 60-level ladder from σ1 = 50 (far above the modes' distance) to σL = 0.01, with ε by
+# technique 4 for its T; the denoised samples should be the data, up to σL²/s² ≈ 4e-4 of each spread.
+LADDER = _geometric(50.0, 0.01, 60)
+GAMMA = float(LADDER[0] / LADDER[1])
+
+
+@pytest.mark.parametrize("method, steps", [("cas", 1), ("pc", 1), ("ode", 1)])  # ald: tests/test_sampling.py
+def test_each_method_samples_the_mixture(method, steps):
+    config = settings(method=method, n_steps_each=steps, step_lr=schedule.langevin_step_size(GAMMA, 0.01, steps))
+    sampling_methods.check_settings(config, LADDER)
+    x_init = sampling_methods.initial_state(method, jax.random.key(0), SHAPE, LADDER[0])
+    x = np.asarray(sampling_methods.run(mixture_score, jax.random.key(1), x_init, jnp.asarray(LADDER), config))
+    x = x.ravel()
+    left, right = x[x < BETWEEN_MODES], x[x >= BETWEEN_MODES]
+    # Each sampler's own bias on this coarse ladder, as measured: weights within 0.025 (the ode's 0.001),
+    # means within 0.045, the spreads within 8% (pc, and ald at T = 10, wider; cas narrower). A wrong noise scale or
+    # step would be far off.
+    assert abs(left.size / x.size - WEIGHTS[0]) < 0.03
+    np.testing.assert_allclose([left.mean(), right.mean()], MEANS, atol=0.06)
+    np.testing.assert_allclose([left.std(), right.std()], STDS, rtol=0.1)
+    cdf = lambda v: np.sum(WEIGHTS * stats.norm.cdf((v[..., None] - MEANS) / STDS), axis=-1)
+    assert stats.kstest(x, cdf).statistic < 0.04
+
+
+def test_consistent_sampling_keeps_the_noise_on_the_ladder():
+    """Data at one point: after each CAS step the state is that point plus noise of the next level."""
+    point, tiny = 0.3, 1e-4
+    sigmas = _geometric(5.0, 0.05, 8)
+    n_steps_each, step_lr = 2, 0.6 * 0.05**2
+    score_fn = lambda x, sigma: -(x - point) / (tiny**2 + sigma.reshape(-1, 1, 1, 1)**2)
+    x_init = point + sampling.prior_init(jax.random.key(0), (4000, 4, 4, 1), sigmas[0])
+    out = sampling.consistent_annealed_sampling(score_fn, jax.random.key(1), x_init, sigmas, n_steps_each, step_lr,
+                                                denoise=False, keep_every=1)
+    levels = np.repeat(sigmas.astype(np.float64), n_steps_each)
+    expected = np.append(levels[1:], (1 - step_lr / 0.05**2) * 0.05)  # the last step adds no noise
+    spread = np.asarray(out.intermediates, np.float64).reshape(len(levels), -1).std(axis=1)
+    np.testing.assert_allclose(spread, expected, rtol=0.02)
+    # Langevin dynamics at the same step sizes does not: its noise lags the ladder (technique 4's concern).
+    langevin = sampling.annealed_langevin_dynamics(score_fn, jax.random.key(1), x_init, sigmas, n_steps_each,
+                                                   step_lr, denoise=False, keep_every=1)
+    lagging = np.asarray(langevin.intermediates, np.float64).reshape(len(levels), -1).std(axis=1)
+    assert np.all(lagging[:-1] > 1.1 * expected[:-1])
+
+
+def test_consistent_inpainting_keeps_known_pixels_and_follows_the_ladder():
+    point, tiny = 0.3, 1e-4
+    sigmas = _geometric(5.0, 0.05, 8)
+    step_lr = 0.6 * 0.05**2
+    score_fn = lambda x, sigma: -(x - point) / (tiny**2 + sigma.reshape(-1, 1, 1, 1)**2)
+    shape = (4000, 4, 4, 1)
+    reference = np.full(shape, 0.9, np.float32)
+    mask = np.zeros((4, 4, 1), bool)
+    mask[:, :2] = True
+    x_init = point + sampling.prior_init(jax.random.key(0), shape, sigmas[0])
+    out = sampling.consistent_annealed_inpainting(score_fn, jax.random.key(1), x_init, reference, mask, sigmas, 1,
+                                                  step_lr, denoise=True, keep_every=1)
+    known = np.broadcast_to(mask, shape)
+    np.testing.assert_array_equal(np.asarray(out.samples)[known], reference[known])
+    unknown = np.asarray(out.intermediates)[:, ~known] - point
+    np.testing.assert_allclose(unknown.std(axis=1)[:-1], sigmas[1:], rtol=0.02)
+
+
+def test_the_ode_maps_the_prior_to_the_data_at_second_order():
+    """For data N(μ, s²) the flow is x(σ) = μ + (x(σ1) − μ)·√((s² + σ²)/(s² + σ1²)), pointwise."""
+    mu, s = 0.4, 0.2
+    score_fn = lambda x, sigma: -(x - mu) / (s**2 + sigma.reshape(-1, 1, 1, 1)**2)
+    x_init = sampling.prior_init(jax.random.key(0), (64, 4, 4, 1), 10.0)
+    errors = []
+    for num_levels in (11, 21, 41):
+        sigmas = _geometric(10.0, 0.01, num_levels)
+        x = sde_sampling.probability_flow(score_fn, x_init, sigmas, denoise=False).samples
+        exact = mu + (x_init - mu) * np.sqrt((s**2 + 0.01**2) / (s**2 + 10.0**2))
+        errors.append(float(jnp.max(jnp.abs(x - exact))))
+    assert errors[-1] < 5e-3, errors  # 1.5% of the data's spread at 41 levels
+    # Halving every step divides the error by about 4: Heun's method is second order.
+    assert 3.0 < errors[0] / errors[1] < 5.5 and 3.0 < errors[1] / errors[2] < 5.5, errors
+    # The denoising step on top is Tweedie's mean, μ + (x − μ)·s²/(s² + σL²).
+    denoised = sde_sampling.probability_flow(score_fn, x_init, sigmas, denoise=True).samples
+    np.testing.assert_allclose(denoised, mu + (x - mu) * s**2 / (s**2 + 0.01**2), rtol=1e-5, atol=1e-6)
+
+
+def test_predictor_corrector_steps_follow_the_reverse_diffusion_and_snr_rules():
+    """With a constant score c, every level moves x by (σ_i² − σ_{i+1}²)·c plus its corrector's α·c."""
+    c = 0.5
+    sigmas = _geometric(2.0, 0.5, 3)
+    score_fn = lambda x, sigma: jnp.full_like(x, c)
+    x_init = jnp.zeros((2, 8, 8, 1))
+    predictor_only = sde_sampling.predictor_corrector(score_fn, jax.random.key(1), x_init, sigmas, 0, 0.16)
+    # The predictor's mean after the last level: Σ(σ_i² − σ_{i+1}²)·c = σ1²·c, plus the noise of the levels
+    # before it: σ1² − σL² in all, so the mean of many pixels is σ1²·c and their variance σ1² − σL².
+    pixels = np.asarray(sde_sampling.predictor_corrector(
+        score_fn, jax.random.key(2), jnp.zeros((4000, 8, 8, 1)), sigmas, 0, 0.16).samples).ravel()
+    assert abs(pixels.mean() - 4.0 * c) < 0.02
+    assert abs(pixels.var() - (4.0 - 0.25)) < 0.05
+    assert predictor_only.samples.shape == x_init.shape
+    # One corrector step of size α = 2(r‖z‖/‖c‖)² at each level adds α·c to the mean: with 64 pixels of
+    # standard noise ‖z‖² ≈ 64 = ‖c‖²/c², so α ≈ 2r²/c² (per example).
+    with_corrector = np.asarray(sde_sampling.predictor_corrector(
+        score_fn, jax.random.key(2), jnp.zeros((4000, 8, 8, 1)), sigmas, 1, 0.16).samples)
+    alpha = 2 * 0.16**2 / c**2
+    assert abs(with_corrector.mean() - (4.0 * c + 3 * alpha * c)) < 0.02
+
+
+def test_sub_ladder_keeps_both_ends_and_every_kth_level():
+    np.testing.assert_array_equal(sampling_methods.sub_ladder_indices(95, 1), np.arange(95))
+    np.testing.assert_array_equal(sampling_methods.sub_ladder_indices(95, 2), np.arange(0, 95, 2))
+    four = sampling_methods.sub_ladder_indices(95, 4)
+    assert len(four) == 25 and four[0] == 0 and four[-1] == 94 and set(np.diff(four)) <= {3, 4}
+    # ε is technique 4's for the sub-ladder: the ε whose variance ratio s_T²/σ² is closest to 1 there.
+    config = mnist.get_config()
+    sigmas = schedule.geometric_sigmas(config.model.sigma_begin, config.model.sigma_end, config.model.num_scales)
+    sub = settings(ladder_stride=2, n_steps_each=5, step_lr=config.sampling.step_lr)
+    levels = np.asarray(sampling_methods.ladder(jnp.asarray(sigmas), sub), np.float64)
+    np.testing.assert_allclose(levels, sigmas[::2], rtol=1e-6)
+    gamma = (levels[0] / levels[-1])**(1 / (len(levels) - 1))
+    epsilon = sampling_methods.step_lr(jnp.asarray(sigmas), sub)
+    ratio = lambda e: float(schedule.langevin_variance_ratio(e, gamma, levels[-1], 5))
+    assert ratio(epsilon) < min(ratio(0.98 * epsilon), ratio(1.02 * epsilon), ratio(config.sampling.step_lr))
+
+
+@pytest.mark.parametrize("method, stride, corrector_steps, evaluations", [
+    ("ald", 1, 1, 95 * 5 + 1), ("cas", 2, 1, 48 * 5 + 1), ("pc", 2, 1, 48 * 2), ("pc", 1, 0, 95),
+    ("ode", 4, 1, 2 * 24 + 1),
+])
+def test_score_evaluations_are_counted_as_the_sampler_makes_them(method, stride, corrector_steps, evaluations):
+    config = settings(method=method, ladder_stride=stride, corrector_steps=corrector_steps, n_steps_each=5,
+                      step_lr=1e-4)
+    assert sampling_methods.score_evaluations(95, config) == evaluations
+    calls = []
+
+    def counting_score(x, sigma):
+        jax.debug.callback(lambda: calls.append(1))
+        return -x / (1.0 + sigma.reshape(-1, 1, 1, 1)**2)
+
+    sigmas = jnp.asarray(_geometric(10.0, 0.1, 95))
+    x_init = sampling_methods.initial_state(method, jax.random.key(0), (2, 2, 2, 1), sigmas[0])
+    jax.block_until_ready(sampling_methods.run(counting_score, jax.random.key(1), x_init, sigmas, config))
+    jax.effects_barrier()
+    assert len(calls) == evaluations
+
+
+def test_settings_that_cannot_run_are_config_errors():
+    sigmas = _geometric(10.0, 0.01, 50)
+    with pytest.raises(ConfigError, match="method 'langevin' is not one of ald, cas, pc, ode"):
+        sampling_methods.check_settings(settings(method="langevin"), sigmas)
+    with pytest.raises(ConfigError, match="ladder_stride 50 must be at least 1 and less than the ladder's 50"):
+        sampling_methods.check_settings(settings(ladder_stride=50), sigmas)
+    with pytest.raises(ConfigError, match=r"ε >= σL²·\(1 − 1/γ\)"):
+        sampling_methods.check_settings(settings(method="cas", step_lr=1e-7), sigmas)
+    with pytest.raises(ConfigError, match="--mode inpaint works with config.sampling.method ald or cas"):
+        sampling_methods.check_settings(settings(method="ode"), sigmas, "inpaint")
+    with pytest.raises(ConfigError, match="--mode interpolate works with config.sampling.method ald"):
+        sampling_methods.check_settings(settings(method="cas", step_lr=1e-4), sigmas, "interpolate")
+    # The config check runs them on the ladder that training creates.
+    config = mnist.get_config()
+    config.sampling.method = "pc"
+    config.sampling.snr = 0.0
+    with pytest.raises(ConfigError, match="config.sampling.snr 0.0 must be positive"):
+        config_checks.check_config(config)
