@@ -87,7 +87,9 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_p
 
     monkeypatch.setattr(train, "train_step", step_that_diverges_at_5)
     with pytest.raises(NonFiniteLossError, match="nan at step 5; the checkpoints up to step 3 are kept"):
-        train.train_and_evaluate(tiny_mnist(**{"training.log_freq": 6}), str(tmp_path))
+        # No grids or test losses: only the checkpoints matter here (and each costs a compilation).
+        train.train_and_evaluate(tiny_mnist(**{"training.log_freq": 6, "training.eval_freq": 100,
+                                               "training.snapshot_samples": 0}), str(tmp_path))
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [3]
 
 
