@@ -110,8 +110,7 @@ def setting_config(base: ml_collections.ConfigDict, method: str, overrides: dict
     settings.method = method
     settings.update(overrides)
     levels = sigmas[sampling_methods.sub_ladder_indices(len(sigmas), settings.ladder_stride)]
-    gamma = (levels[0] / levels[-1])**(1.0 / (len(levels) - 1))
-    settings.step_lr = schedule.langevin_step_size(gamma, float(levels[-1]), settings.n_steps_each)
+    settings.step_lr = sampling_methods.technique4_step_lr(levels, settings.n_steps_each)
     sampling_methods.check_settings(settings, sigmas)
     return settings
 

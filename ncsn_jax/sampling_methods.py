@@ -47,13 +47,24 @@ def ladder(sigmas: jax.Array, settings: ml_collections.ConfigDict) -> jax.Array:
     return sigmas[sub_ladder_indices(sigmas.shape[0], settings.ladder_stride)]
 
 
+def technique4_step_lr(levels: np.ndarray, n_steps_each: int) -> float:
+    """Technique 4's ε for a geometric ladder σ1 > … > σL and T steps per level."""
+    levels = np.asarray(levels, np.float64)
+    gamma = (levels[0] / levels[-1])**(1.0 / (len(levels) - 1))
+    return schedule.langevin_step_size(gamma, float(levels[-1]), n_steps_each)
+
+
 def step_lr(sigmas: jax.Array, settings: ml_collections.ConfigDict) -> float:
     """ε for the sampler's ladder: `settings.step_lr`, or technique 4's on a sub-ladder."""
     if settings.ladder_stride == 1:
         return settings.step_lr
-    levels = np.asarray(ladder(sigmas, settings), np.float64)
-    gamma = (levels[0] / levels[-1])**(1.0 / (len(levels) - 1))
-    return schedule.langevin_step_size(gamma, float(levels[-1]), settings.n_steps_each)
+    return technique4_step_lr(np.asarray(ladder(sigmas, settings)), settings.n_steps_each)
+
+
+def ladder_and_step_lr(sigmas: jax.Array, settings: ml_collections.ConfigDict) -> tuple[jax.Array, float]:
+    """`ladder` and `step_lr` together: what `run` and `inpaint` take, computed once per run of batches
+    (technique 4's search and the ladder's copy to the host are not repeated for every batch)."""
+    return ladder(sigmas, settings), step_lr(sigmas, settings)
 
 
 def score_evaluations(num_levels: int, settings: ml_collections.ConfigDict) -> int:
@@ -110,10 +121,12 @@ def initial_state(method: str, rng: jax.Array, shape: tuple[int, ...], sigma_beg
     return sampling.prior_init(rng, shape, sigma_begin)
 
 
-def run(score_fn: ScoreFn, rng: jax.Array, x_init: jax.Array, sigmas: jax.Array,
+def run(score_fn: ScoreFn, rng: jax.Array, x_init: jax.Array, levels: jax.Array, epsilon: float,
         settings: ml_collections.ConfigDict) -> jax.Array:
-    """The samples (B, …) of `settings.method` from `x_init`, on `ladder(sigmas, settings)`; unclamped."""
-    levels, epsilon = ladder(sigmas, settings), step_lr(sigmas, settings)
+    """The samples (B, …) of `settings.method` from `x_init`, unclamped.
+
+    `levels` and `epsilon` are the sampler's ladder and step size, `ladder_and_step_lr(sigmas, settings)`.
+    """
     if settings.method == "ald":
         return sampling.annealed_langevin_dynamics(
             score_fn, rng, x_init, levels, n_steps_each=settings.n_steps_each, step_lr=epsilon,
@@ -134,7 +147,7 @@ def run(score_fn: ScoreFn, rng: jax.Array, x_init: jax.Array, sigmas: jax.Array,
 def inpaint(score_fn: ScoreFn, rng: jax.Array, x_init: jax.Array, reference: jax.Array, mask: jax.Array,
             sigmas: jax.Array, settings: ml_collections.ConfigDict) -> jax.Array:
     """Inpainting by `settings.method` (ald or cas); the official inpainting does not denoise."""
-    levels, epsilon = ladder(sigmas, settings), step_lr(sigmas, settings)
+    levels, epsilon = ladder_and_step_lr(sigmas, settings)
     sampler = (sampling.annealed_langevin_inpainting if settings.method == "ald"
                else sampling.consistent_annealed_inpainting)
     return sampler(score_fn, rng, x_init, reference, mask, levels, n_steps_each=settings.n_steps_each,

@@ -60,13 +60,14 @@ def sample_batches(
     batch = settings.batch_size
     parallel.per_host_batch_size(batch, mesh, "sampling.batch_size")  # must divide over the devices
     sampling_methods.check_settings(settings, np.asarray(sigmas))
+    levels, epsilon = sampling_methods.ladder_and_step_lr(sigmas, settings)
     shape = (batch, *image_shape)
     # Every batch is full, the last one trimmed afterwards: one shape, so the sampler compiles once.
     for index in range(first_batch, math.ceil(num_samples / batch)):
         batch_rng = jax.random.fold_in(rng, index)
         x_init = _sharded_initial_state(settings.method, jax.random.fold_in(batch_rng, 0), shape,
                                         parallel.batch_sharding(mesh), sigmas[0])
-        samples = sampling_methods.run(score_fn, jax.random.fold_in(batch_rng, 1), x_init, sigmas, settings)
+        samples = sampling_methods.run(score_fn, jax.random.fold_in(batch_rng, 1), x_init, levels, epsilon, settings)
         yield index, _gather(samples, min(batch, num_samples - index * batch))
 
 

@@ -47,7 +47,8 @@ def test_each_method_samples_the_mixture(method, steps):
     config = settings(method=method, n_steps_each=steps, step_lr=schedule.langevin_step_size(GAMMA, 0.01, steps))
     sampling_methods.check_settings(config, LADDER)
     x_init = sampling_methods.initial_state(method, jax.random.key(0), SHAPE, LADDER[0])
-    x = np.asarray(sampling_methods.run(mixture_score, jax.random.key(1), x_init, jnp.asarray(LADDER), config))
+    levels, epsilon = sampling_methods.ladder_and_step_lr(jnp.asarray(LADDER), config)
+    x = np.asarray(sampling_methods.run(mixture_score, jax.random.key(1), x_init, levels, epsilon, config))
     x = x.ravel()
     left, right = x[x < BETWEEN_MODES], x[x >= BETWEEN_MODES]
     # Each sampler's own bias on this coarse ladder, as measured: weights within 0.025 (the ode's 0.001),
@@ -172,7 +173,8 @@ def test_score_evaluations_are_counted_as_the_sampler_makes_them(method, stride,
 
     sigmas = jnp.asarray(_geometric(10.0, 0.1, 95))
     x_init = sampling_methods.initial_state(method, jax.random.key(0), (2, 2, 2, 1), sigmas[0])
-    jax.block_until_ready(sampling_methods.run(counting_score, jax.random.key(1), x_init, sigmas, config))
+    levels, epsilon = sampling_methods.ladder_and_step_lr(sigmas, config)
+    jax.block_until_ready(sampling_methods.run(counting_score, jax.random.key(1), x_init, levels, epsilon, config))
     jax.effects_barrier()
     assert len(calls) == evaluations
 
