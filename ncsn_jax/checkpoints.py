@@ -309,7 +309,14 @@ class Checkpointer:
         try:
             self.wait_until_finished()
         finally:
-            self._manager.close()
+            try:
+                self._manager.close()
+            except Exception:  # pylint: disable=broad-exception-caught
+                # A failed save has several errors (one per file it could not write); Orbax raises the
+                # first at a wait and may raise another at close. The failure was reported once, as the
+                # error that ends the run; a second report would bury that line under a traceback.
+                if not self._reported_failure:
+                    raise
 
     def __enter__(self) -> Checkpointer:
         return self
