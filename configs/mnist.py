@@ -11,6 +11,8 @@ Gaussian fitted to the training pixels 607 and 3.0 (benchmarks/quality_baselines
 FD 142.9 and IS 6.42, where the 500 held-out digits score 39.9 and 8.83 and the Gaussian 585 and 3.13.
 A re-tune to more, smaller steps in the same time (batch 8, lr 1e-3, EMA 0.995, 6,000 steps) scored
 worse: FD 268 and IS 5.74 on 1,000 samples. No random flips: a mirrored digit is not a digit.
+Sampling stays the paper's `ald` with T = 5: at a fifth of its score evaluations or fewer, `cas`, `pc`
+and `ode` all scored worse on this model (benchmarks/sampler_quality.py; README, "Samplers").
 """
 from configs.default import get_default_config
 
