@@ -124,7 +124,7 @@ def setting_config(base: ml_collections.ConfigDict, method: str, overrides: dict
     settings = ml_collections.ConfigDict(base.to_dict())
     settings.method = method
     settings.update(overrides)
-    levels = sigmas[sampling_methods.sub_ladder_indices(len(sigmas), settings.ladder_stride)]
+    levels = sampling_methods.ladder(sigmas, settings)
     settings.step_lr = sampling_methods.technique4_step_lr(levels, settings.n_steps_each)
     sampling_methods.check_settings(settings, sigmas)
     return settings
