@@ -5,13 +5,14 @@
     # the Gaussian mixture of tests/test_sampling_methods.py, whose score is exact: an exact metric
     python benchmarks/sampler_quality.py --mixture --out results/mixture
 
-For every setting of `--grid` (method, T, corrector steps, ladder stride; see GRID) and every seed, draws
+For every setting of `--grid` (method, T, corrector steps, ladder stride, step size; see GRID) and every seed, draws
 `--num_samples` samples with the sampler of `ncsn_jax.sampling_methods`, and scores them:
   model    the Fréchet distance (`fd`) and Inception Score of the config's feature extractor, against the
            statistics of `--mode stats` (computed here when `<workdir>/stats` has none);
   mixture  the Wasserstein-1 distance (`w1`) between the samples' pixels and the mixture, computed
            against its exact CDF, and the error of the left mode's weight.
-Each setting's ε is technique 4's for its ladder and T (the config's ε is for its own T only). Prints one
+Each setting's ε is technique 4's for its ladder and T (the config's ε is for its own T only), times
+the setting's `step_lr_scale` where it has one. Prints one
 JSON line per setting (with the sampling seconds of its last seed, compiled by then), and writes
 `<out>.json` (every seed's score) and `<out>.png` (score against evaluations per image, a bar for the
 spread over the seeds, the first setting, in the full and budget grids the paper's sampler, as a band);
@@ -69,10 +70,24 @@ GRID = {
         ("pc", {"corrector_steps": 1, "ladder_stride": 4}),
         ("ald", {"n_steps_each": 1, "ladder_stride": 2}),
     ],
+    # The paper's sampler, then the cheap settings with other step sizes, all at about a fifth of its
+    # evaluations: ε at 2, 4 and 6 times technique 4's for cas (the CAS paper takes larger steps than
+    # technique 4's; η = ε/σL² is the share of the noise a step removes), pc without a corrector on the
+    # whole ladder, and pc's corrector at other signal-to-noise ratios.
+    "step_size": [
+        ("ald", {"n_steps_each": 5}),
+        ("cas", {"n_steps_each": 1, "step_lr_scale": 2.0}),
+        ("cas", {"n_steps_each": 1, "step_lr_scale": 4.0}),
+        ("pc", {"corrector_steps": 0}),
+        ("cas", {"n_steps_each": 1, "step_lr_scale": 6.0}),
+        ("pc", {"corrector_steps": 1, "ladder_stride": 2, "snr": 0.08}),
+        ("pc", {"corrector_steps": 1, "ladder_stride": 2, "snr": 0.32}),
+    ],
     # One budget of each method, for a quick check (and the tests).
     "quick": [
         ("ald", {"n_steps_each": 2}),
         ("cas", {"n_steps_each": 1}),
+        ("cas", {"n_steps_each": 1, "step_lr_scale": 4.0}),
         ("pc", {"corrector_steps": 1, "ladder_stride": 2}),
         ("ode", {"ladder_stride": 2}),
     ],
@@ -121,21 +136,30 @@ def mixture_scores(samples: np.ndarray) -> dict[str, float]:
 
 def setting_config(base: ml_collections.ConfigDict, method: str, overrides: dict,
                    sigmas: np.ndarray) -> ml_collections.ConfigDict:
+    """The sampling config of one GRID setting; ε is technique 4's, times `step_lr_scale` if given."""
+    overrides = dict(overrides)
+    step_lr_scale = overrides.pop("step_lr_scale", 1.0)
     settings = ml_collections.ConfigDict(base.to_dict())
     settings.method = method
     settings.update(overrides)
+    if step_lr_scale != 1.0 and settings.ladder_stride > 1:  # the samplers re-derive ε on a sub-ladder
+        raise ValueError("step_lr_scale needs ladder_stride 1: a sub-ladder's ε is always technique 4's")
     levels = sampling_methods.ladder(sigmas, settings)
-    settings.step_lr = sampling_methods.technique4_step_lr(levels, settings.n_steps_each)
+    settings.step_lr = step_lr_scale * sampling_methods.technique4_step_lr(levels, settings.n_steps_each)
     sampling_methods.check_settings(settings, sigmas)
     return settings
 
 
-def describe(method: str, settings: ml_collections.ConfigDict) -> str:
+def describe(method: str, settings: ml_collections.ConfigDict, overrides: dict) -> str:
     parts = [method]
     if method in ("ald", "cas"):
         parts.append(f"T={settings.n_steps_each}")
+    if "step_lr_scale" in overrides:
+        parts.append(f"ε×{overrides['step_lr_scale']:g}")
     if method == "pc":
         parts.append(f"corrector={settings.corrector_steps}")
+        if "snr" in overrides:
+            parts.append(f"snr={settings.snr:g}")
     if settings.ladder_stride > 1:
         parts.append(f"stride={settings.ladder_stride}")
     return " ".join(parts)
@@ -216,7 +240,7 @@ def main(_):
             seconds = time.perf_counter() - start  # the last seed's: compiled by then
             results.append(score(samples))
         per_seed = [result[metric] for result in results]
-        row = {"setting": describe(method, settings), "method": method, "settings": settings.to_dict(),
+        row = {"setting": describe(method, settings, overrides), "method": method, "settings": settings.to_dict(),
                "evaluations": sampling_methods.score_evaluations(len(ladder), settings),
                "metric": metric, "mean": float(np.mean(per_seed)), "per_seed": per_seed,
                "all_scores": results, "seconds": seconds}

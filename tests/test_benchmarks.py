@@ -42,9 +42,10 @@ def test_sampler_quality_benchmark_on_the_mixture(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.with_suffix(".json").read_text())
     rows = {row["setting"]: row for row in report["rows"]}
-    assert list(rows) == ["ald T=2", "cas T=1", "pc corrector=1 stride=2", "ode stride=2"]
+    assert list(rows) == ["ald T=2", "cas T=1", "cas T=1 ε×4", "pc corrector=1 stride=2", "ode stride=2"]
     # The mixture's ladder by techniques 1 and 2 has 32 levels; stride 2 keeps ⌈31/2⌉ + 1 = 17.
-    assert [row["evaluations"] for row in rows.values()] == [32 * 2 + 1, 32 + 1, 17 * 2, 2 * 16 + 1]
+    assert [row["evaluations"] for row in rows.values()] == [32 * 2 + 1, 32 + 1, 32 + 1, 17 * 2, 2 * 16 + 1]
+    assert rows["cas T=1 ε×4"]["settings"]["step_lr"] == pytest.approx(4 * rows["cas T=1"]["settings"]["step_lr"])
     for row in rows.values():
         assert len(row["per_seed"]) == 2 and row["mean"] == pytest.approx(sum(row["per_seed"]) / 2)
         assert len(set(row["per_seed"])) == 2  # two seeds, two sample sets
