@@ -5,8 +5,8 @@
     # the Gaussian mixture of tests/test_sampling_methods.py, whose score is exact: an exact metric
     python benchmarks/sampler_quality.py --mixture --out results/mixture
 
-For every setting of `--grid` (method, T, corrector steps, ladder stride, step size; see GRID) and every seed, draws
-`--num_samples` samples with the sampler of `ncsn_jax.sampling_methods`, and scores them:
+For every setting of `--grid` (method, T, corrector steps, ladder stride, step size; see GRID) and every
+seed, draws `--num_samples` samples with the sampler of `ncsn_jax.sampling_methods`, and scores them:
   model    the Fréchet distance (`fd`) and Inception Score of the config's feature extractor, against the
            statistics of `--mode stats` (computed here when `<workdir>/stats` has none);
   mixture  the Wasserstein-1 distance (`w1`) between the samples' pixels and the mixture, computed
