@@ -71,7 +71,7 @@ GRID = {
         ("ald", {"n_steps_each": 1, "ladder_stride": 2}),
     ],
     # The paper's sampler, then the cheap settings with other step sizes, all at about a fifth of its
-    # evaluations: ε at 2, 4 and 6 times technique 4's for cas (the CAS paper takes larger steps than
+    # evaluations: ε at 1.5 to 6 times technique 4's for cas (the CAS paper takes larger steps than
     # technique 4's; η = ε/σL² is the share of the noise a step removes), pc without a corrector on the
     # whole ladder, and pc's corrector at other signal-to-noise ratios.
     "step_size": [
@@ -79,6 +79,8 @@ GRID = {
         ("cas", {"n_steps_each": 1, "step_lr_scale": 2.0}),
         ("cas", {"n_steps_each": 1, "step_lr_scale": 4.0}),
         ("pc", {"corrector_steps": 0}),
+        ("cas", {"n_steps_each": 1, "step_lr_scale": 1.5}),
+        ("cas", {"n_steps_each": 1, "step_lr_scale": 3.0}),
         ("cas", {"n_steps_each": 1, "step_lr_scale": 6.0}),
         ("pc", {"corrector_steps": 1, "ladder_stride": 2, "snr": 0.08}),
         ("pc", {"corrector_steps": 1, "ladder_stride": 2, "snr": 0.32}),
