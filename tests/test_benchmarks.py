@@ -53,3 +53,16 @@ def test_sampler_quality_benchmark_on_the_mixture(tmp_path):
     # solver's); two Langevin steps per level on this coarse ladder are far off.
     assert rows["ode stride=2"]["mean"] < 0.2 < rows["ald T=2"]["mean"]
     assert out.with_suffix(".png").stat().st_size > 10_000
+    assert report["seed_indices"] == [0, 1]
+
+    # A later run that adds seeds (--first_seed) draws them as a run with more seeds would have: its
+    # seed 1 of the second setting (--only 1) is the first run's second seed of it, bit for bit.
+    later = tmp_path / "later"
+    args = [sys.executable, "benchmarks/sampler_quality.py", "--mixture", "--grid", "quick", "--num_samples", "64",
+            "--only", "1", "--first_seed", "1", "--seeds", "1", "--out", str(later)]
+    run = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    later_report = json.loads(later.with_suffix(".json").read_text())
+    assert later_report["seed_indices"] == [1]
+    [row] = later_report["rows"]
+    assert row["setting"] == "cas T=1" and row["per_seed"] == [rows["cas T=1"]["per_seed"][1]]
