@@ -16,7 +16,8 @@ the setting's `step_lr_scale` where it has one. Prints one
 JSON line per setting (with the sampling seconds of its last seed, compiled by then), and writes
 `<out>.json` (every seed's score) and `<out>.png` (score against evaluations per image, a bar for the
 spread over the seeds, the first setting, in the full and budget grids the paper's sampler, as a band);
-both files are rewritten after every setting.
+both files are rewritten after every setting. Runs that add seeds to the same settings (`--first_seed`,
+`--only`) are joined into one report with `--merge a.json,b.json --out joined`.
 """
 import json
 import os
@@ -120,6 +121,8 @@ flags.DEFINE_integer("first_seed", 0, "The index of the first seed, so that a la
 flags.DEFINE_string("only", None, "Comma-separated positions in the grid (from 0) to run, e.g. 0,2; default all.")
 flags.DEFINE_enum("grid", "full", list(GRID), "The settings to run (see GRID).")
 flags.DEFINE_string("out", None, "Writes <out>.json and <out>.png.")
+flags.DEFINE_list("merge", None, "Reports (.json) of earlier runs to join into <out>: each setting's seeds "
+                  "from all of them, in seed order; nothing is sampled.")
 FLAGS = flags.FLAGS
 
 # The mixture: every pixel of an 8×8 image 0.25·N(−6, 0.5²) + 0.75·N(2, 1²), as in the tests; its ladder
@@ -215,6 +218,16 @@ def plot(rows: list[dict], metric: str, title: str, path: str) -> None:
 
 
 def main(_):
+    if FLAGS.merge:
+        if not FLAGS.out:
+            raise app.UsageError("--merge writes the joined report to --out: give it one")
+        reports = []
+        for path in FLAGS.merge:
+            with open(path) as file:
+                reports.append(json.load(file))
+        title, rows = merge_reports(reports)
+        write_report(rows, rows[0]["metric"], title, reports[0]["num_samples"])
+        return
     mesh = parallel.data_mesh()
     if FLAGS.mixture:
         sigmas = mixture_ladder()
@@ -269,20 +282,51 @@ def main(_):
         row = {"setting": describe(method, settings, overrides), "method": method, "settings": settings.to_dict(),
                "evaluations": sampling_methods.score_evaluations(len(ladder), settings),
                "metric": metric, "mean": float(np.mean(per_seed)), "per_seed": per_seed,
+               "seed_indices": list(seed_indices),
                "all_scores": results, "seconds": seconds}
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("setting", "evaluations", "metric", "mean", "per_seed", "seconds")}),
               flush=True)
         if FLAGS.out:  # after every setting: a long run stopped early keeps what it measured
-            write_report(rows, metric, title)
+            write_report(rows, metric, title, FLAGS.num_samples)
 
 
-def write_report(rows: list[dict], metric: str, title: str) -> None:
+def merge_reports(reports: list[dict]) -> tuple[str, list[dict]]:
+    """One report's title and rows from runs that drew other seeds of the same settings, rows in order of
+    first appearance. Only reports with one title join (the dataset, the checkpoint's step and ladder, the
+    samples per seed); that they sampled one checkpoint, not two trainings that reached the same step, is
+    the caller's to know."""
+    title = reports[0]["title"]
+    rows = {}
+    for report in reports:
+        if report["title"] != title:
+            raise ValueError(f"cannot join reports of different models or sample counts: {report['title']!r} "
+                             f"and {title!r}")
+        for row in report["rows"]:
+            indices = row.get("seed_indices", report["seed_indices"])  # older reports: the report's
+            joined = rows.setdefault(row["setting"], {**row, "per_seed": [], "all_scores": [], "seed_indices": []})
+            if joined["settings"] != row["settings"]:
+                raise ValueError(f"{row['setting']!r}: the reports ran it with different settings")
+            if set(indices) & set(joined["seed_indices"]):
+                raise ValueError(f"{row['setting']!r}: seeds {sorted(set(indices) & set(joined['seed_indices']))} "
+                                 "are in more than one report")
+            joined["seed_indices"] += indices
+            joined["per_seed"] += row["per_seed"]
+            joined["all_scores"] += row["all_scores"]
+    for row in rows.values():
+        order = np.argsort(row["seed_indices"])
+        for key in ("seed_indices", "per_seed", "all_scores"):
+            row[key] = [row[key][i] for i in order]
+        row["mean"] = float(np.mean(row["per_seed"]))
+    return title, list(rows.values())
+
+
+def write_report(rows: list[dict], metric: str, title: str, num_samples: int) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
     with open(FLAGS.out + ".json", "w") as file:
-        json.dump({"title": title, "num_samples": FLAGS.num_samples, "seeds": FLAGS.seeds,
-                   "seed_indices": list(range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.seeds)), "rows": rows},
-                  file, indent=1)
+        json.dump({"title": title, "num_samples": num_samples, "seeds": max(len(row["per_seed"]) for row in rows),
+                   "seed_indices": sorted({index for row in rows for index in row["seed_indices"]}),
+                   "rows": rows}, file, indent=1)
     plot(rows, metric, title, FLAGS.out + ".png")
 
 

@@ -66,3 +66,26 @@ def test_sampler_quality_benchmark_on_the_mixture(tmp_path):
     assert later_report["seed_indices"] == [1]
     [row] = later_report["rows"]
     assert row["setting"] == "cas T=1" and row["per_seed"] == [rows["cas T=1"]["per_seed"][1]]
+
+    # Joining the first run's seed 0 with the later run's seed 1 (--merge) gives the two-seed run's row.
+    first_seed_only = tmp_path / "first_seed_only.json"
+    first_seed_only.write_text(json.dumps({**report, "seed_indices": [0], "rows": [
+        {**row, "per_seed": row["per_seed"][:1], "all_scores": row["all_scores"][:1], "seed_indices": [0]}
+        for row in report["rows"]]}))
+    joined = tmp_path / "joined"
+    args = [sys.executable, "benchmarks/sampler_quality.py", "--merge",
+            f"{later.with_suffix('.json')},{first_seed_only}", "--out", str(joined)]
+    run = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    joined_report = json.loads(joined.with_suffix(".json").read_text())
+    joined_rows = {row["setting"]: row for row in joined_report["rows"]}
+    assert list(joined_rows) == ["cas T=1", "ald T=2", "cas T=1 ε×4", "pc corrector=1 stride=2", "ode stride=2"]
+    assert joined_rows["cas T=1"]["seed_indices"] == [0, 1]
+    assert joined_rows["cas T=1"]["per_seed"] == rows["cas T=1"]["per_seed"]
+    assert joined_rows["cas T=1"]["mean"] == pytest.approx(rows["cas T=1"]["mean"])
+    assert joined_rows["ode stride=2"]["per_seed"] == rows["ode stride=2"]["per_seed"][:1]
+    assert joined_report["seed_indices"] == [0, 1] and joined.with_suffix(".png").exists()
+    # A seed in two of the reports is refused, not counted twice.
+    args[3] = f"{out.with_suffix('.json')},{later.with_suffix('.json')}"
+    run = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode != 0 and "seeds [1] are in more than one report" in run.stderr
