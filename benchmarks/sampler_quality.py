@@ -188,10 +188,13 @@ def describe(method: str, settings: ml_collections.ConfigDict, overrides: dict) 
 
 
 def plot(rows: list[dict], metric: str, title: str, path: str) -> None:
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    """Left: each setting's mean against its cost. Right: every seed's score of the settings near the first
+    row's spread, one line each, since settings of near-equal cost and score overlap on the left."""
+    figure, (overview, close_up) = plt.subplots(1, 2, figsize=(12, 4.5))
     reference_row = rows[0]
     low, high = min(reference_row["per_seed"]), max(reference_row["per_seed"])
-    axes.axhspan(low, high, color="grey", alpha=0.25, label=f"{reference_row['setting']}: spread over the seeds")
+    for axes in (overview, close_up):
+        axes.axhspan(low, high, color="grey", alpha=0.25, label=f"{reference_row['setting']}: spread over the seeds")
     for method, marker in zip(sampling_methods.METHODS, "osD^"):
         mine = [row for row in rows if row["method"] == method]
         if not mine:
@@ -200,18 +203,30 @@ def plot(rows: list[dict], metric: str, title: str, path: str) -> None:
         y = [row["mean"] for row in mine]
         spread = [[row["mean"] - min(row["per_seed"]) for row in mine],
                   [max(row["per_seed"]) - row["mean"] for row in mine]]
-        axes.errorbar(x, y, yerr=spread, fmt=marker, capsize=3, label=method)
+        overview.errorbar(x, y, yerr=spread, fmt=marker, capsize=3, label=method)
         for row in mine:
-            axes.annotate(row["setting"].split(" ", 1)[-1] if " " in row["setting"] else "", (row["evaluations"],
-                          row["mean"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
-    axes.set_xscale("log")
+            overview.annotate(row["setting"].split(" ", 1)[-1] if " " in row["setting"] else "",
+                              (row["evaluations"], row["mean"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    overview.set_xscale("log")
     means = [row["mean"] for row in rows]
     if max(means) > 10 * min(means):  # a setting that broke down would flatten the others into a line
-        axes.set_yscale("log")
-    axes.set_xlabel("score evaluations per image")
-    axes.set_ylabel(metric)
-    axes.set_title(title, fontsize=10)
-    axes.legend(fontsize=8)
+        overview.set_yscale("log")
+    overview.set_xlabel("score evaluations per image")
+    overview.set_ylabel(metric)
+    overview.legend(fontsize=8)
+    band = high - low if high > low else abs(high) or 1.0
+    near = [row for row in rows if row["mean"] <= high + 3 * band]
+    for position, row in enumerate(near):
+        close_up.plot([position] * len(row["per_seed"]), row["per_seed"], linestyle="none", alpha=0.6,
+                      marker="osD^"[sampling_methods.METHODS.index(row["method"]) % 4])
+        close_up.plot([position - 0.3, position + 0.3], [row["mean"]] * 2, "k-")
+    close_up.set_xticks(range(len(near)), [f"{row['setting']}\n{row['evaluations']} evals" for row in near],
+                        rotation=45, ha="right", fontsize=7)
+    close_up.set_ylabel(f"{metric}, each seed (bar: mean)")
+    left_out = len(rows) - len(near)
+    close_up.set_title(f"near the first row's spread ({left_out} settings further off left out)" if left_out
+                       else "every seed", fontsize=9)
+    figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
