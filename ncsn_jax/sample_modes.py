@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ncsn_jax import datasets, images, parallel, sharded_sampling, weights
+from ncsn_jax import datasets, images, parallel, sampling_methods, sharded_sampling, weights
 from ncsn_jax.errors import DataError
 
 MODES = ("sample", "inpaint", "interpolate")
@@ -47,8 +47,8 @@ def run_mode(
     state = weights.load_sampling_state(config, workdir, mesh, step, official_checkpoint)
     score_fn, sigmas, settings = state.score_fn(), state.sigmas, config.sampling
     label = f"step_{int(state.step)}" if not official_checkpoint else "official"
-    if (settings.method, settings.ladder_stride) != ("ald", 1):  # the paper's sampler keeps the plain name
-        label += f"_{settings.method}" + (f"_stride{settings.ladder_stride}" if settings.ladder_stride > 1 else "")
+    sampler = sampling_methods.settings_label(settings)  # other samplers' runs do not overwrite each other's
+    label += f"_{sampler}" if sampler else ""
     rng = jax.random.fold_in(jax.random.key(config.seed), 1 + MODES.index(mode))
     image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
     if mode == "sample":

@@ -67,6 +67,26 @@ def ladder_and_step_lr(sigmas: jax.Array, settings: ml_collections.ConfigDict) -
     return ladder(sigmas, settings), step_lr(sigmas, settings)
 
 
+def settings_label(settings: ml_collections.ConfigDict) -> str:
+    """A file-name part that tells apart the runs of other samplers or settings: empty for `ald` on the whole
+    ladder (the paper's sampler keeps the plain name), else the method and the settings it uses, e.g.
+    `cas_T3_stride3` or `cas_T1_lr2.9e-05` (ε only at stride 1: a sub-ladder re-derives it)."""
+    if (settings.method, settings.ladder_stride) == ("ald", 1):
+        return ""
+    parts = [settings.method]
+    if settings.method in ("ald", "cas"):
+        parts.append(f"T{settings.n_steps_each}")
+        if settings.ladder_stride == 1:
+            parts.append(f"lr{settings.step_lr:.3g}")
+    elif settings.method == "pc":
+        parts.append(f"corrector{settings.corrector_steps}_snr{settings.snr:g}")
+    if settings.ladder_stride > 1:
+        parts.append(f"stride{settings.ladder_stride}")
+    if not settings.denoise:
+        parts.append("nodenoise")
+    return "_".join(parts)
+
+
 def score_evaluations(num_levels: int, settings: ml_collections.ConfigDict) -> int:
     """Score evaluations per image of `settings` on a trained ladder of `num_levels` levels."""
     levels = len(sub_ladder_indices(num_levels, settings.ladder_stride))
