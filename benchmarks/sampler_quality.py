@@ -310,7 +310,7 @@ def merge_reports(reports: list[dict]) -> tuple[str, list[dict]]:
     """One report's title and rows from runs that drew other seeds of the same settings, rows in order of
     first appearance. Only reports with one title join (the dataset, the checkpoint's step and ladder, the
     samples per seed); that they sampled one checkpoint, not two trainings that reached the same step, is
-    the caller's to know."""
+    the caller's to know. A setting's `seconds` is the least of its runs'."""
     title = reports[0]["title"]
     rows = {}
     for report in reports:
@@ -328,6 +328,8 @@ def merge_reports(reports: list[dict]) -> tuple[str, list[dict]]:
             joined["seed_indices"] += indices
             joined["per_seed"] += row["per_seed"]
             joined["all_scores"] += row["all_scores"]
+            # The least of the runs' timings: other work on the machine only ever adds to one.
+            joined["seconds"] = min(joined["seconds"], row["seconds"])
     for row in rows.values():
         order = np.argsort(row["seed_indices"])
         for key in ("seed_indices", "per_seed", "all_scores"):

@@ -26,7 +26,7 @@ is the closer match, mean 144.9:
 
 `cas` with one step per level at twice technique 4's step for T = 1 (96 evaluations) matches narrowly,
 mean 148.2: `--config.sampling.method=cas --config.sampling.n_steps_each=1 --config.sampling.step_lr=2.9e-5`.
-Both sample in about a fifth of the time (1,000 samples: 139 s and 140 s against 712 s on 2 cores, the
+Both sample in about a fifth of the time (1,000 samples: 139 s and 140 s against 711 s on 2 cores, the
 same session). Other cheap settings fell short: `cas` at 2.5 or 3 times the step (mean 152.1, 161.9),
 `cas` with 2 steps on every 2nd level (158), `ald` with T steps on every T-th level (430–1,400), and, on
 earlier checkpoints, `pc` and `ode` (350 and more).

@@ -84,6 +84,7 @@ def test_sampler_quality_benchmark_on_the_mixture(tmp_path):
     assert joined_rows["cas T=1"]["per_seed"] == rows["cas T=1"]["per_seed"]
     assert joined_rows["cas T=1"]["mean"] == pytest.approx(rows["cas T=1"]["mean"])
     assert joined_rows["ode stride=2"]["per_seed"] == rows["ode stride=2"]["per_seed"][:1]
+    assert joined_rows["cas T=1"]["seconds"] == min(row["seconds"], rows["cas T=1"]["seconds"])
     assert joined_report["seed_indices"] == [0, 1] and joined.with_suffix(".png").exists()
     # A seed in two of the reports is refused, not counted twice.
     args[3] = f"{out.with_suffix('.json')},{later.with_suffix('.json')}"
