@@ -195,7 +195,8 @@ def plot(rows: list[dict], metric: str, title: str, path: str) -> None:
     low, high = min(reference_row["per_seed"]), max(reference_row["per_seed"])
     for axes in (overview, close_up):
         axes.axhspan(low, high, color="grey", alpha=0.25, label=f"{reference_row['setting']}: spread over the seeds")
-    for method, marker in zip(sampling_methods.METHODS, "osD^"):
+    markers = dict(zip(sampling_methods.METHODS, "osD^"))
+    for method, marker in markers.items():
         mine = [row for row in rows if row["method"] == method]
         if not mine:
             continue
@@ -218,7 +219,7 @@ def plot(rows: list[dict], metric: str, title: str, path: str) -> None:
     near = [row for row in rows if row["mean"] <= high + 3 * band]
     for position, row in enumerate(near):
         close_up.plot([position] * len(row["per_seed"]), row["per_seed"], linestyle="none", alpha=0.6,
-                      marker="osD^"[sampling_methods.METHODS.index(row["method"]) % 4])
+                      marker=markers[row["method"]])
         close_up.plot([position - 0.3, position + 0.3], [row["mean"]] * 2, "k-")
     close_up.set_xticks(range(len(near)), [f"{row['setting']}\n{row['evaluations']} evals" for row in near],
                         rotation=45, ha="right", fontsize=7)

@@ -47,8 +47,7 @@ def run_mode(
     state = weights.load_sampling_state(config, workdir, mesh, step, official_checkpoint)
     score_fn, sigmas, settings = state.score_fn(), state.sigmas, config.sampling
     label = f"step_{int(state.step)}" if not official_checkpoint else "official"
-    sampler = sampling_methods.settings_label(settings)  # other samplers' runs do not overwrite each other's
-    label += f"_{sampler}" if sampler else ""
+    label += sampling_methods.file_name_suffix(settings)  # other samplers' runs keep their own files
     rng = jax.random.fold_in(jax.random.key(config.seed), 1 + MODES.index(mode))
     image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
     if mode == "sample":

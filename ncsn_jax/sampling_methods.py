@@ -67,13 +67,14 @@ def ladder_and_step_lr(sigmas: jax.Array, settings: ml_collections.ConfigDict) -
     return ladder(sigmas, settings), step_lr(sigmas, settings)
 
 
-def settings_label(settings: ml_collections.ConfigDict) -> str:
-    """A file-name part that tells apart the runs of other samplers or settings: empty for `ald` on the whole
-    ladder (the paper's sampler keeps the plain name), else the method and the settings it uses, e.g.
-    `cas_T3_stride3` or `cas_T1_lr2.9e-05` (ε only at stride 1: a sub-ladder re-derives it)."""
+def file_name_suffix(settings: ml_collections.ConfigDict) -> str:
+    """What output file names append so that runs of other samplers or settings do not overwrite each
+    other: nothing for `ald` on the whole ladder (the paper's sampler keeps the plain name), else the method
+    and the settings it uses, e.g. `_cas_T3_stride3` or `_cas_T1_lr2.9e-05` (ε only at stride 1: a
+    sub-ladder re-derives it)."""
     if (settings.method, settings.ladder_stride) == ("ald", 1):
         return ""
-    parts = [settings.method]
+    parts = ["", settings.method]
     if settings.method in ("ald", "cas"):
         parts.append(f"T{settings.n_steps_each}")
         if settings.ladder_stride == 1:

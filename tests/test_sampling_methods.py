@@ -200,7 +200,7 @@ def test_settings_that_cannot_run_are_config_errors():
 
 
 def test_runs_of_other_sampler_settings_are_named_apart():
-    # --mode sample names its output by these labels: two settings that draw different images must not
+    # --mode sample and the notebook name their output with these suffixes: two settings that draw different images must not
     # share a file; the paper's sampler on the whole ladder keeps the plain name (whatever its T and ε).
     runs = [settings(method="ald", ladder_stride=2), settings(method="ald", n_steps_each=5, ladder_stride=2),
             settings(method="cas", step_lr=2.9e-5), settings(method="cas", step_lr=5.8e-5),
@@ -208,7 +208,7 @@ def test_runs_of_other_sampler_settings_are_named_apart():
             settings(method="cas", n_steps_each=2, ladder_stride=3),
             settings(method="pc", corrector_steps=0), settings(method="pc", snr=0.08), settings(method="ode"),
             settings(method="ode", ladder_stride=2), settings(method="ode", denoise=False)]
-    labels = [sampling_methods.settings_label(run) for run in runs]
+    labels = [sampling_methods.file_name_suffix(run) for run in runs]
     assert len(set(labels)) == len(runs)
     assert all(label and "/" not in label and " " not in label for label in labels)
-    assert sampling_methods.settings_label(settings(method="ald", n_steps_each=5, step_lr=6.2e-6)) == ""
+    assert sampling_methods.file_name_suffix(settings(method="ald", n_steps_each=5, step_lr=6.2e-6)) == ""
