@@ -1,6 +1,7 @@
 """notebooks/sampling.ipynb runs top to bottom offline in a fresh python3 kernel: from our own checkpoint
 (its sample grid is the one --mode sample draws) and from an official PyTorch checkpoint through the
-converter, without the TFDS data its inpainting needs."""
+converter, without the TFDS data its inpainting needs. Here the checkout stands for the installed package;
+tests/test_notebook_install.py installs the wheel as Colab does and runs the notebook on that."""
 import json
 import pathlib
 
@@ -19,11 +20,17 @@ NOTEBOOK = REPO / "notebooks" / "sampling.ipynb"
 OFFICIAL_CHECKPOINT = REPO / "tests" / "data" / "official_checkpoint_ngf4.pth"
 
 
-def run_notebook(monkeypatch, params):
+def run_notebook(monkeypatch, params, kernel_name="python3", cwd=NOTEBOOK.parent):
     """Executes the notebook as Jupyter would (cwd notebooks/) on 4 fake CPU devices.
 
     The kernel is a subprocess: it reads `params` from NCSN_NOTEBOOK_PARAMS and its devices from
     XLA_FLAGS, so every batch size in `params` must divide by 4.
+
+    Args:
+      kernel_name: python3, the Python running the tests, which imports ncsn_jax and configs from the
+        checkout through PYTHONPATH as from an installed package; or another kernel spec, whose Python
+        imports only what is installed in it.
+      cwd: the kernel's working folder.
 
     Returns:
       The executed cells by id.
@@ -31,9 +38,13 @@ def run_notebook(monkeypatch, params):
     monkeypatch.setenv("NCSN_NOTEBOOK_PARAMS", json.dumps(params))
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    if kernel_name == "python3":
+        monkeypatch.setenv("PYTHONPATH", str(REPO))
+    else:
+        monkeypatch.delenv("PYTHONPATH", raising=False)
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(notebook, kernel_name="python3", timeout=300, startup_timeout=120,
-                                     resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+    client = nbclient.NotebookClient(notebook, kernel_name=kernel_name, timeout=300, startup_timeout=120,
+                                     resources={"metadata": {"path": str(cwd)}})
     client.execute()  # raises CellExecutionError, with the traceback, at the first error output
     return {cell.id: cell for cell in notebook.cells}
 
@@ -55,32 +66,45 @@ def test_committed_notebook_has_no_outputs():
             assert cell.outputs == [] and cell.execution_count is None, cell.id
 
 
-def test_notebook_samples_our_checkpoint_as_mode_sample_does(tmp_path, monkeypatch):
-    # A checkpoint as training writes it, through the same Checkpointer; the weights are the initial
-    # ones, since training steps would only add compile time here (test_main trains and samples).
+def save_tiny_mnist_checkpoint(workdir):
+    """Saves a checkpoint of the tiny MNIST network at step 3 under `workdir`, as training writes it.
+
+    The weights are the initial ones, since training steps would only add compile time here (test_main
+    trains and samples).
+
+    Returns:
+      The notebook's parameters for sampling from it, and its config.
+    """
     config = tiny_mnist()
     state = train_state.create_train_state(config, jax.random.key(0)).replace(step=jnp.asarray(3, jnp.int32))
-    with checkpoints.Checkpointer(tmp_path / "checkpoints") as checkpointer:
+    with checkpoints.Checkpointer(workdir / "checkpoints") as checkpointer:
         checkpointer.save(3, state)
-    cells = run_notebook(monkeypatch, {
-        "CONFIG": "configs/mnist.py", "WORKDIR": str(tmp_path), "NUM_SAMPLES": config.sampling.num_samples,
-        "CONFIG_OVERRIDES": TINY_MNIST,
-    })
+    params = {"CONFIG": "mnist", "WORKDIR": str(workdir), "NUM_SAMPLES": config.sampling.num_samples,
+              "CONFIG_OVERRIDES": TINY_MNIST}
+    return params, config
+
+
+def assert_sample_grid_is_mode_sample_grid(config, workdir):
+    """The notebook's grid is the one --mode sample draws from the same checkpoint: the same keys."""
+    notebook_grid = workdir / "notebook" / "sample_step_3.png"
+    assert notebook_grid.exists()
+    cli.run(config, str(workdir), "sample")
+    np.testing.assert_array_equal(np.asarray(Image.open(notebook_grid)),
+                                  np.asarray(Image.open(workdir / "sample" / "sample_step_3.png")))
+
+
+def test_notebook_samples_our_checkpoint_as_mode_sample_does(tmp_path, monkeypatch):
+    params, config = save_tiny_mnist_checkpoint(tmp_path)
+    cells = run_notebook(monkeypatch, params)
     assert "step 3" in printed(cells["weights"])
     for cell_id in ("sample", "inpaint", "interpolate"):
         assert shows_image(cells[cell_id]), cell_id
-    notebook_grid = tmp_path / "notebook" / "sample_step_3.png"
-    assert notebook_grid.exists()
-
-    # The same keys as the command-line mode: the same images.
-    cli.run(config, str(tmp_path), "sample")
-    np.testing.assert_array_equal(np.asarray(Image.open(notebook_grid)),
-                                  np.asarray(Image.open(tmp_path / "sample" / "sample_step_3.png")))
+    assert_sample_grid_is_mode_sample_grid(config, tmp_path)
 
 
 def test_notebook_samples_an_official_checkpoint_without_test_data(tmp_path, monkeypatch):
     cells = run_notebook(monkeypatch, {
-        "CONFIG": "configs/cifar10.py", "WORKDIR": str(tmp_path), "NUM_SAMPLES": 4,
+        "CONFIG": "cifar10", "WORKDIR": str(tmp_path), "NUM_SAMPLES": 4,
         "OFFICIAL_CHECKPOINT": str(OFFICIAL_CHECKPOINT),
         "CONFIG_OVERRIDES": {
             "model.ngf": 4, "model.num_scales": 10, "sampling.batch_size": 4, "sampling.n_steps_each": 1,
