@@ -1,9 +1,9 @@
 """The command line (`python main.py`, or the `ncsn-jax` command of the installed package).
 
-    ncsn-jax --config configs/cifar10.py --workdir runs/cifar10 --mode train
+    ncsn-jax --config configs/cifar10.py --mode train     # the workdir: runs/cifar10 (--workdir to choose)
 
 Parses the flags, starts multi-host JAX when asked, checks the config and dispatches by --mode to the
-library (train.train_and_evaluate, sample_modes, tune, evaluation.reference and evaluation.sweep).
+library (train.train_and_evaluate, sample_modes, tune, evaluation.reference and evaluation.sweep, prepare).
 This is the one place where errors become exit codes: a `UserError` (and a flag or config-file error)
 is printed as one `error: ...` line with exit code 1; anything else is a bug and keeps its traceback. A
 run stopped by SIGTERM or Ctrl-C after saving prints which step it saved, and exits with 0 or 130.
@@ -11,6 +11,7 @@ run stopped by SIGTERM or Ctrl-C after saving prints which step it saved, and ex
 from __future__ import annotations
 
 import os
+import pathlib
 import sys
 import traceback
 from typing import NoReturn
@@ -19,16 +20,20 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ncsn_jax import checkpoints, config_checks, cpu_runtime, processes, sample_modes, train, tune
+from ncsn_jax import checkpoints, config_checks, cpu_runtime, prepare, processes, sample_modes, train, tune
 from ncsn_jax.errors import ConfigError, UserError, WorkdirError
 from ncsn_jax.stop_signals import StoppedBySignal
 from ncsn_jax.evaluation import reference, sweep
 
-MODES = ("train", *sample_modes.MODES, "tune", "stats", "eval")
+MODES = ("train", *sample_modes.MODES, "tune", "stats", "eval", "prepare")
+# The modes that read or write no workdir; every other mode defaults to runs/<config file name>.
+NO_WORKDIR_MODES = ("tune", "prepare")
 
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/cifar10.py.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and images.")
-flags.DEFINE_enum("mode", "train", MODES, "What to do.")
+flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and images (default: runs/<the config file's name "
+                    "without .py>, e.g. runs/celeba, under the current folder).")
+flags.DEFINE_enum("mode", "train", MODES, "What to do. prepare: build the config's missing TFDS dataset (needs "
+                  'network and pip install "ncsn-jax[prepare]"), or say what the dataset needs.')
 flags.DEFINE_integer("checkpoint_step", None,
                      "Sample from (or, with --mode eval, evaluate only) this checkpoint step (default: the latest).")
 flags.DEFINE_string("official_checkpoint", None, "Sample from an official PyTorch checkpoint_<step>.pth.")
@@ -52,6 +57,24 @@ def check_workdir(workdir: str) -> None:
                            "when missing)")
 
 
+def resolve_workdir(workdir: str | None, mode: str, config_file: str) -> str | None:
+    """`workdir` (--workdir), or for a mode that needs one, runs/<config file name without .py>, which it logs.
+
+    Args:
+      workdir: --workdir, or None when not given.
+      mode: --mode.
+      config_file: --config's file, e.g. configs/celeba.py (default: runs/celeba).
+
+    Returns:
+      The workdir to use; None for a mode that needs none (tune, prepare) when none was given.
+    """
+    if workdir or mode in NO_WORKDIR_MODES:
+        return workdir
+    workdir = os.path.join("runs", pathlib.Path(config_file).stem)
+    logging.info("workdir: %s (the default for --config %s; set --workdir to choose another)", workdir, config_file)
+    return workdir
+
+
 def run(config, workdir: str | None, mode: str, checkpoint_step: int | None = None,
         official_checkpoint: str | None = None) -> None:
     """Checks the config and the workdir, then does what `mode` says."""
@@ -59,6 +82,9 @@ def run(config, workdir: str | None, mode: str, checkpoint_step: int | None = No
     if mode == "tune":
         tuned = tune.tune(config)
         print(tune.report(tuned, config))
+        return
+    if mode == "prepare":
+        print(prepare.prepare(config))
         return
     if not workdir:
         raise WorkdirError(f"--workdir is required for --mode {mode}")
@@ -115,6 +141,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     checkpoints.silence_abandoned_io()
     try:
+        workdir = resolve_workdir(FLAGS.workdir, FLAGS.mode, config_flags.get_config_filename(FLAGS["config"]))
         if FLAGS.multihost:
             processes.start(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                             initialization_timeout=FLAGS.initialization_timeout,
@@ -123,7 +150,7 @@ def main(argv: list[str]) -> None:
             raise ConfigError("--coordinator_address, --num_processes and --process_id need --multihost")
         logging.info("JAX process %d of %d, %d devices", jax.process_index(), jax.process_count(),
                      jax.device_count())
-        run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.checkpoint_step, FLAGS.official_checkpoint)
+        run(FLAGS.config, workdir, FLAGS.mode, FLAGS.checkpoint_step, FLAGS.official_checkpoint)
     except UserError as error:
         fail(str(error))
     except StoppedBySignal as stopped:

@@ -18,12 +18,14 @@ Every dataset is a random-access list of examples, so that one scheme orders all
   is an error (DataError).
 
 TensorFlow is never imported: TFDS datasets are read through `tfds.data_source` (ArrayRecord, NumPy
-decoding), so no pipeline can take accelerator memory, and MNIST and folders need no TFDS either.
+decoding), so no pipeline can take accelerator memory, training needs no TensorFlow installed (only
+building a TFDS dataset does), and MNIST and folders need no TFDS either.
 
 Datasets (`config.data.dataset`) and where their images come from:
 
 - `cifar10`, `celeba` (TFDS `celeb_a`): TFDS prepared in `array_record` format under
-  `config.data.tfds_data_dir` (None: the TFDS default, `~/tensorflow_datasets`), e.g.
+  `config.data.tfds_data_dir` (None: the TFDS default, `~/tensorflow_datasets`), by
+  `python main.py --config <config> --mode prepare` (see `ncsn_jax.prepare`) or
   `tfds build cifar10 --file_format=array_record`; a TFRecord copy converts with
   `tfds convert_format --dataset_dir=<data_dir>/cifar10 --out_file_format=array_record`.
   Test split: CIFAR-10 `test`, CelebA `test`. CelebA: the central 140×140 of the 178×218 image,
@@ -71,7 +73,7 @@ DATASETS = ("bedroom", "celeba", "church_outdoor", "cifar10", "ffhq", "image_fol
 LSUN_CATEGORIES = ("bedroom", "church_outdoor", "tower")
 IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".webp")
 
-_TFDS_NAMES = {"cifar10": "cifar10", "celeba": "celeb_a", **{c: f"lsun/{c}" for c in LSUN_CATEGORIES}}
+TFDS_NAMES = {"cifar10": "cifar10", "celeba": "celeb_a", **{c: f"lsun/{c}" for c in LSUN_CATEGORIES}}
 _TFDS_TEST_SPLITS = {"cifar10": "test", "celeba": "test", **{c: "validation" for c in LSUN_CATEGORIES}}
 _CELEBA_CROP = 140  # official: CenterCrop(140) on the 178×218 aligned faces, then Resize(64)
 _FOLDER_SPLIT_SEED = 2019  # the official FFHQ split: np.random.seed(2019), shuffle, first 90% train
@@ -291,11 +293,11 @@ def _make_source(config: ml_collections.ConfigDict, split: str) -> _Source:
         return _files_source([files[i] for i in (order[:cut] if split == "train" else order[cut:])], fit, max_bad)
     if data.dataset in LSUN_CATEGORIES and data.path:
         return _lsun_source(_existing_folder(data.path, data.dataset), data.dataset, split, fit, max_bad)
-    if data.dataset in _TFDS_NAMES:
+    if data.dataset in TFDS_NAMES:
         if data.dataset == "celeba":
             fit = functools.partial(fit, pre_crop=_CELEBA_CROP)
         tfds_split = "train" if split == "train" else _TFDS_TEST_SPLITS[data.dataset]
-        return _tfds_source(_TFDS_NAMES[data.dataset], tfds_split, data.tfds_data_dir, fit)
+        return _tfds_source(TFDS_NAMES[data.dataset], tfds_split, data.tfds_data_dir, fit)
     raise ValueError(f"unknown config.data.dataset {data.dataset!r}; choose one of {', '.join(DATASETS)}")
 
 
@@ -452,18 +454,31 @@ def _tfds_source(name: str, split: str, data_dir: str | None, fit: Callable) -> 
         examples = builder.as_data_source(split)
     except (NotImplementedError, ValueError) as error:
         if not builder.is_prepared():
-            command = f"tfds build {name} --file_format=array_record" + (f" --data_dir={data_dir}" if data_dir else "")
-            lsun = (
-                " (TFDS builds LSUN only with tensorflow-io, which needs TensorFlow <= 2.16; or set "
-                "config.data.path to the folder of the official LSUN LMDB files)"
-            )
-            raise DataError(
-                f"TFDS dataset {name!r} is not prepared in {builder.data_dir}. On a machine with network, run "
-                f"`{command}` and copy the folder here, or set config.data.tfds_data_dir to where it is"
-                + (lsun if name.startswith("lsun/") else "")
-            ) from None
-        raise DataError(
-            f"TFDS dataset {name!r} in {builder.data_dir} is not in a random-access format; convert it with "
-            f"`tfds convert_format --dataset_version_dir={builder.data_dir} --out_file_format=array_record`"
-        ) from error
+            raise DataError(missing_tfds_message(name, data_dir, str(builder.data_dir))) from None
+        raise DataError(not_random_access_message(name, str(builder.data_dir))) from error
     return _Source(len(examples), _stack(lambda i: fit(examples[i]["image"])))
+
+
+def missing_tfds_message(name: str, data_dir: str | None, dataset_dir: str) -> str:
+    """What to run when TFDS dataset `name` is not prepared in `dataset_dir` (under `data_dir`, None: the default)."""
+    command = f"tfds build {name} --file_format=array_record" + (f" --data_dir={data_dir}" if data_dir else "")
+    if name.startswith("lsun/"):
+        return (
+            f"TFDS dataset {name!r} is not prepared in {dataset_dir}. Set config.data.path to the folder of the "
+            f"official LSUN LMDB files, or run `{command}` where TensorFlow <= 2.16 and tensorflow-io are installed "
+            "(TFDS builds LSUN only with tensorflow-io) and copy the folder here"
+        )
+    return (
+        f"TFDS dataset {name!r} is not prepared in {dataset_dir}. On a machine with network, run "
+        f"`python main.py --config <config> --mode prepare` (after pip install \"ncsn-jax[prepare]\") or "
+        f"`{command}`, and copy the folder here if that was another machine; or set config.data.tfds_data_dir "
+        "to where it is"
+    )
+
+
+def not_random_access_message(name: str, dataset_dir: str) -> str:
+    """What to run when TFDS dataset `name` is prepared in `dataset_dir` in a format other than array_record."""
+    return (
+        f"TFDS dataset {name!r} in {dataset_dir} is not in a random-access format; convert it with "
+        f"`tfds convert_format --dataset_version_dir={dataset_dir} --out_file_format=array_record`"
+    )

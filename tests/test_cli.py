@@ -1,5 +1,7 @@
 """The command line's error model: every user error is one `error:` line and exit code 1, no traceback;
 anything else keeps its traceback."""
+import logging
+import re
 import shlex
 import shutil
 import subprocess
@@ -104,6 +106,40 @@ def test_only_user_errors_are_shortened(monkeypatch, capsys):
 def test_every_mode_needs_a_workdir_but_tune():
     with pytest.raises(UserError, match="--workdir is required for --mode sample"):
         cli.run(tiny_mnist(), None, "sample")
+
+
+def test_every_mode_that_needs_a_workdir_defaults_to_runs_and_the_config_name(monkeypatch, caplog):
+    workdirs = {}
+    monkeypatch.setattr(cli, "run", lambda config, workdir, mode, *args: workdirs.setdefault(mode, workdir))
+    for mode in cli.MODES:
+        for workdir in ([], ["--workdir", "elsewhere"]):
+            cli.FLAGS(["main.py", "--config", str(REPO / "configs" / "tiny.py"), "--mode", mode, *workdir])
+            caplog.set_level(logging.INFO, logger="absl")  # after parsing, which sets absl's level from its flags
+            try:
+                cli.main(["main.py"])
+            finally:
+                cli.FLAGS.unparse_flags()
+            assert workdirs.pop(mode) == ("elsewhere" if workdir else None if mode in ("tune", "prepare")
+                                          else "runs/tiny")
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("workdir: ")]
+    assert said == [f"workdir: runs/tiny (the default for --config {REPO}/configs/tiny.py; set --workdir to choose "
+                    "another)"] * (len(cli.MODES) - 2)
+
+
+def test_the_users_command_trains_without_a_workdir(tmp_path):
+    # As the README writes it, from a folder of the user's: the run lands in runs/mnist there, and the log
+    # says so first.
+    args, env = command("unused", **{"training.n_iters": 2, "training.log_freq": 2, "training.eval_freq": 100,
+                                     "training.snapshot_freq": 2, "training.snapshot_samples": 0})
+    del args[args.index("--workdir"):args.index("--workdir") + 2]
+    args[1:4] = [str(REPO / "main.py"), "--config", str(REPO / "configs" / "mnist.py")]
+    result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = [line for line in result.stderr.splitlines() if re.match(r"[IWEF]\d{4} ", line)]
+    assert log[0].endswith(f"] workdir: runs/mnist (the default for --config {REPO}/configs/mnist.py; set "
+                           "--workdir to choose another)"), log[:3]
+    assert (tmp_path / "runs" / "mnist" / "checkpoints" / "2").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
 
 
 def _can_mount_tmpfs() -> bool:

@@ -239,6 +239,18 @@ def test_bad_inputs_raise_errors_that_say_what_to_do(tmp_path, folder):
         read(config, "train", 2)
 
 
+def test_a_missing_tfds_dataset_names_the_command_that_prepares_it(tmp_path):
+    for config, name in ((cifar10.get_config(), "cifar10"), (celeba.get_config(), "celeb_a")):
+        config.data.tfds_data_dir = str(tmp_path / "tfds")
+        with pytest.raises(DataError) as error:
+            read(config, "train", 2)
+        message = str(error.value)
+        assert message.startswith(f"TFDS dataset {name!r} is not prepared in {tmp_path / 'tfds' / name}")
+        for command in ("`python main.py --config <config> --mode prepare`", 'pip install "ncsn-jax[prepare]"',
+                        f"`tfds build {name} --file_format=array_record --data_dir={tmp_path / 'tfds'}`"):
+            assert command in message
+
+
 @pytest.fixture
 def folder_with_bad_files(tmp_path, folder):
     """The folder fixture's 20 images plus damaged ones: a PNG cut short, and random bytes named .png."""
