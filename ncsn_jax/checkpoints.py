@@ -32,7 +32,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ncsn_jax import trees
+from ncsn_jax import run_files, trees
 from ncsn_jax.errors import (CheckpointMismatchError, CheckpointNotFoundError, CheckpointWriteError,
                              UnreadableCheckpointError)
 
@@ -123,9 +123,7 @@ class Checkpointer:
             raise ValueError(f"max_to_keep must be at least 1, got {max_to_keep}")
         if keep_every is not None and keep_every < 0:
             raise ValueError(f"keep_every must be positive (or 0/None for none), got {keep_every}")
-        directory = os.fspath(directory)
-        if "://" not in directory:  # Orbax writes only to absolute paths; gs:// and other URLs are kept
-            directory = os.path.abspath(directory)
+        directory = run_files.path(directory)  # absolute, as Orbax needs; gs:// and other URLs as they are
         if keep_best_by:
             # Orbax's best_fn (rather than a BestN preservation policy) also ranks the checkpoints a
             # previous run saved, from the metrics stored beside them.

@@ -9,7 +9,8 @@ import math
 import os
 
 import numpy as np
-from PIL import Image
+
+from ncsn_jax import run_files
 
 
 def to_8bit(images: np.ndarray) -> np.ndarray:
@@ -44,7 +45,5 @@ def make_grid(images: np.ndarray, nrow: int | None = None, padding: int = 2) -> 
 
 
 def save_grid(images: np.ndarray, path: str | os.PathLike, nrow: int | None = None) -> None:
-    """Writes `make_grid(images, nrow)` to `path` as PNG (creating its folder)."""
-    grid = make_grid(images, nrow)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+    """Writes `make_grid(images, nrow)` to `path` (local or gs://, ...) as PNG, whole (see `run_files`)."""
+    run_files.save_png(path, make_grid(images, nrow))

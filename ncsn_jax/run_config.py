@@ -9,15 +9,13 @@ what the arrays mean with the saved ones first.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import jax
 import ml_collections
 
+from ncsn_jax import run_files
 from ncsn_jax.errors import CheckpointMismatchError
-
-FILE_NAME = "config.json"
 
 # The fields that change the parameters or their meaning: the input the network sees, the network, and
 # the noise levels its conditioning was trained on. Everything else (batch size, lr, step counts,
@@ -27,15 +25,10 @@ ARRAY_FIELDS = ("data.image_size", "data.channels", "model.name", "model.ngf", "
 
 
 def save(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Writes `config` to `<workdir>/config.json` (process 0; atomically, so a kill leaves a whole file)."""
+    """Writes `config` to `<workdir>/config.json` (process 0; whole, so a kill leaves a whole file)."""
     if jax.process_index() != 0:
         return
-    path = os.path.join(workdir, FILE_NAME)
-    os.makedirs(workdir, exist_ok=True)
-    temporary = path + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as file:
-        file.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-    os.replace(temporary, path)
+    run_files.write_text(run_files.config_file(workdir), config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
 
 def check_same_arrays(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -43,11 +36,10 @@ def check_same_arrays(config: ml_collections.ConfigDict, workdir: str) -> None:
 
     A workdir without `config.json` (from before it was written) passes.
     """
-    path = os.path.join(workdir, FILE_NAME)
-    if not os.path.exists(path):
+    path = run_files.config_file(workdir)
+    if not path.exists():
         return
-    with open(path, encoding="utf-8") as file:
-        saved = json.load(file)
+    saved = json.loads(run_files.read_text(path))
     current = config.to_dict()
     differences = [f"{field} {_get(saved, field)!r} there, {_get(current, field)!r} here"
                    for field in ARRAY_FIELDS if _get(saved, field) != _get(current, field)]

@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ncsn_jax import datasets, images, parallel, sampling_methods, sharded_sampling, weights
+from ncsn_jax import datasets, images, parallel, run_files, sampling_methods, sharded_sampling, weights
 from ncsn_jax.errors import DataError
 
 MODES = ("sample", "inpaint", "interpolate")
@@ -71,10 +71,9 @@ def run_mode(
             score_fn, sigmas, settings, rng, starts, settings.n_interpolations, mesh)
         nrow = settings.n_interpolations
 
-    out_dir = os.path.join(workdir, mode)
-    png = os.path.join(out_dir, f"{mode}_{label}.png")
+    png = run_files.mode_output(workdir, mode, label, ".png")
     if jax.process_index() == 0:
         images.save_grid(images_out, png, nrow)
-        np.savez_compressed(os.path.join(out_dir, f"{mode}_{label}.npz"), images=images_out)
+        run_files.save_npz(run_files.mode_output(workdir, mode, label, ".npz"), compressed=True, images=images_out)
         logging.info("wrote %s", png)
-    return png
+    return os.fspath(png)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import signal
 import time
 
@@ -20,8 +19,8 @@ import tqdm
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ncsn_jax import (checkpoints, datasets, images, losses, metric_logging, parallel, run_config, sharded_sampling,
-                      train_state)
+from ncsn_jax import (checkpoints, datasets, images, losses, metric_logging, parallel, run_config, run_files,
+                      sharded_sampling, train_state)
 from ncsn_jax.errors import NonFiniteLossError
 from ncsn_jax.score import get_score_fn
 from ncsn_jax.stop_signals import StopSignals, StoppedBySignal
@@ -108,7 +107,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         # From here a signal only asks to stop: it is honoured after the first step that follows it.
         stop_signals = resources.enter_context(StopSignals(multiprocess=jax.process_count() > 1))
         checkpointer = resources.enter_context(checkpoints.Checkpointer(
-            os.path.join(workdir, "checkpoints"), max_to_keep=training.keep_checkpoints,
+            run_files.checkpoints_dir(workdir), max_to_keep=training.keep_checkpoints,
             keep_every=training.keep_every,
         ))
         if checkpointer.latest_step() is not None:
@@ -131,12 +130,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 jax.random.fold_in(sample_key, step), training.snapshot_samples, mesh, progress_bar=False,
             )
             if jax.process_index() == 0:
-                images.save_grid(samples, _grid_path(workdir, step))
+                images.save_grid(samples, run_files.training_grid(workdir, step))
 
         # A kill between a checkpoint and its grid leaves the grid undrawn: draw it now (same key).
         # Drawing is collective, so process 0 (which writes the grids) decides for all.
         grid_missed = (resumed and _is_snapshot(start_step, training)
-                       and not os.path.exists(_grid_path(workdir, start_step)))
+                       and not run_files.exists(run_files.training_grid(workdir, start_step)))
         if jax.process_count() > 1:
             grid_missed = bool(multihost_utils.broadcast_one_to_all(np.int32(grid_missed)))
         if grid_missed and training.snapshot_samples:
@@ -187,6 +186,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             if _is_snapshot(done, training) or stop:
                 _raise_if_not_finite(window_losses, last_saved)  # never save a state that has gone non-finite
                 checkpointer.save(done, state, force=True)
+                writer.flush()  # the metrics up to a checkpoint are in the workdir with it (object storage too)
                 last_saved = done
                 if training.snapshot_samples and not stop:
                     draw_grid(done)
@@ -201,10 +201,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
 def _is_snapshot(step: int, training: ml_collections.ConfigDict) -> bool:
     return step % training.snapshot_freq == 0 or step == training.n_iters
-
-
-def _grid_path(workdir: str, step: int) -> str:
-    return os.path.join(workdir, "samples", f"samples_{step:07d}.png")
 
 
 def _raise_if_not_finite(losses_by_step: list[tuple[int, jax.Array]], last_saved: int | None) -> None:

@@ -16,18 +16,13 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from ncsn_jax import checkpoints, convert, train_state
+from ncsn_jax import checkpoints, convert, run_files, train_state
 from ncsn_jax.errors import CheckpointMismatchError, CheckpointNotFoundError, UnreadableCheckpointError
 from ncsn_jax.train_state import SamplingState
 
-CHECKPOINTS = "checkpoints"
-# Where --mode eval keeps the best checkpoint by FID.
-BEST_CHECKPOINTS = "checkpoints_best"
-
-
 def checkpoint_steps(workdir: str) -> list[int]:
     """The steps of the training checkpoints in `<workdir>/checkpoints`, ascending."""
-    with checkpoints.Checkpointer(os.path.join(workdir, CHECKPOINTS)) as checkpointer:
+    with checkpoints.Checkpointer(run_files.checkpoints_dir(workdir)) as checkpointer:
         return checkpointer.all_steps()
 
 
@@ -56,7 +51,7 @@ def load_sampling_state(
     if official_checkpoint:
         return _load_official(official_checkpoint, template, train_state.noise_levels(config))
 
-    directory = os.path.join(workdir, CHECKPOINTS)
+    directory = run_files.checkpoints_dir(workdir)
     with checkpoints.Checkpointer(directory) as checkpointer:
         available = checkpointer.all_steps()
         if step is None:
@@ -76,8 +71,8 @@ def load_sampling_state(
 
 def _restore_best(workdir: str, step: int, template: SamplingState) -> SamplingState | None:
     """Step `step` from `<workdir>/checkpoints_best` (where --mode eval keeps the best), if it is there."""
-    directory = os.path.join(workdir, BEST_CHECKPOINTS)
-    if not os.path.isdir(directory):
+    directory = run_files.best_checkpoints_dir(workdir)
+    if not directory.is_dir():
         return None
     with checkpoints.Checkpointer(directory, keep_best_by="fd") as best:
         return best.restore(step, template) if step in best.all_steps() else None

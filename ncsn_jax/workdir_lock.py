@@ -5,8 +5,10 @@ other's checkpoints; two eval sweeps would share one feature cache. `WorkdirLock
 `<workdir>/.<role>.lock`: the kernel releases it when the process ends, however it ends (SIGKILL
 included), so a stale lock file never blocks a rerun. The file holds who took it, for the error message.
 
-Only process 0 locks (every process of a multi-host run works on the same workdir), and only local
-paths (cloud storage such as gs:// has no such locks).
+Only process 0 locks (every process of a multi-host run works on the same workdir), and only on a
+local disk. Object storage (gs://, s3://) has no locks that a killed process releases, so there the lock
+does nothing but say so in the log: making sure that one run of each role uses a bucket's workdir at a
+time is the user's part (a stale lock object could block a preempted job's own restart, which is worse).
 """
 from __future__ import annotations
 
@@ -19,7 +21,9 @@ import time
 from typing import Any
 
 import jax
+from absl import logging
 
+from ncsn_jax import run_files
 from ncsn_jax.errors import WorkdirError
 
 
@@ -36,14 +40,18 @@ class WorkdirLock:
     """
 
     def __init__(self, workdir: str, role: str):
-        self._path = os.path.join(workdir, f".{role}.lock")
+        self._path = run_files.lock_file(workdir, role)
         self._workdir, self._role = workdir, role
         self._fd: int | None = None
 
     def __enter__(self) -> WorkdirLock:
-        if "://" in self._workdir or jax.process_index() != 0:
+        if jax.process_index() != 0:
             return self
-        os.makedirs(self._workdir, exist_ok=True)
+        if run_files.is_remote(self._workdir):
+            logging.warning("%s is on object storage, which has no locks: nothing stops another %s run from "
+                            "using it at the same time, so make sure none does", self._workdir, self._role)
+            return self
+        self._path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+from typing import BinaryIO
 
 import numpy as np
 import scipy.linalg
@@ -142,24 +143,30 @@ class FeatureStatistics:
         return self._shift + centred_mean, sigma
 
 
-def save_statistics(path: str | os.PathLike, mu: ArrayLike, sigma: ArrayLike, **extra: ArrayLike) -> None:
+def save_statistics(path: str | os.PathLike | BinaryIO, mu: ArrayLike, sigma: ArrayLike, **extra: ArrayLike) -> None:
     """Writes μ and Σ as an `.npz` with keys `mu` and `sigma`, the TTUR/pytorch-fid statistics format.
 
     Args:
-      path: the file to write, used exactly as given (NumPy would append `.npz` to a bare name).
+      path: the local file to write, used exactly as given (NumPy would append `.npz` to a bare name), or
+        a binary file object (e.g. a buffer that `ncsn_jax.run_files` writes to object storage).
       mu: (D,) feature mean.
       sigma: (D, D) feature covariance.
       **extra: more arrays to store under their own keys (readers of the format ignore them).
     """
+    arrays = {"mu": np.asarray(mu), "sigma": np.asarray(sigma), **{k: np.asarray(v) for k, v in extra.items()}}
+    if hasattr(path, "write"):
+        np.savez(path, **arrays)
+        return
     with open(path, "wb") as f:
-        np.savez(f, mu=np.asarray(mu), sigma=np.asarray(sigma), **{k: np.asarray(v) for k, v in extra.items()})
+        np.savez(f, **arrays)
 
 
-def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+def load_statistics(path: str | os.PathLike | BinaryIO, name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Reads μ and Σ from an `.npz` with keys `mu` and `sigma` (this module's, TTUR's or pytorch-fid's).
 
     Args:
-      path: the statistics file.
+      path: the statistics file, or a binary file object holding its contents.
+      name: what the error messages call it (default: `path`).
 
     Returns:
       (mu, sigma): float64 (D,) and (D, D).
@@ -167,23 +174,24 @@ def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     Raises:
       ValueError: a file that is not an `.npz`, lacks `mu` or `sigma`, or holds mismatched shapes.
     """
+    name = name or ("the statistics" if hasattr(path, "read") else os.fspath(path))
     try:
         data = np.load(path, allow_pickle=False)
     except (ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise ValueError(f"{os.fspath(path)!r} is not a statistics .npz file (keys mu and sigma): {error}") from None
+        raise ValueError(f"{name!r} is not a statistics .npz file (keys mu and sigma): {error}") from None
     if not isinstance(data, np.lib.npyio.NpzFile):
-        raise ValueError(f"{os.fspath(path)!r} holds a single array, not a statistics .npz with keys mu and sigma")
+        raise ValueError(f"{name!r} holds a single array, not a statistics .npz with keys mu and sigma")
     with data:
         missing = {"mu", "sigma"} - set(data.files)
         if missing:
             raise ValueError(
-                f"{os.fspath(path)!r} lacks {' and '.join(sorted(missing))}: a statistics file has keys mu and "
+                f"{name!r} lacks {' and '.join(sorted(missing))}: a statistics file has keys mu and "
                 f"sigma, this one has {', '.join(data.files) or 'none'}"
             )
         mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
     if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
         raise ValueError(
-            f"{os.fspath(path)!r} holds mu of shape {mu.shape} and sigma of shape {sigma.shape}; "
+            f"{name!r} holds mu of shape {mu.shape} and sigma of shape {sigma.shape}; "
             "a statistics file has (D,) and (D, D)"
         )
     return mu, sigma

@@ -7,7 +7,7 @@ for KID. Published statistics (μ and Σ only) can be used instead.
 from __future__ import annotations
 
 import dataclasses
-import os
+import io
 
 import jax
 import ml_collections
@@ -15,7 +15,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from ncsn_jax import datasets
+from ncsn_jax import datasets, run_files
 from ncsn_jax.errors import DataError
 from ncsn_jax.evaluation import metrics
 from ncsn_jax.evaluation.features import FeatureExtractor, feature_extractor
@@ -35,7 +35,7 @@ def statistics_path(config: ml_collections.ConfigDict, workdir: str) -> str:
     """`eval.stats_path`, or `<workdir>/stats/<dataset>_<split>.npz` when that is empty."""
     if config.eval.stats_path:
         return config.eval.stats_path
-    return os.path.join(workdir, "stats", f"{config.data.dataset}_{config.eval.stats_split}.npz")
+    return str(run_files.default_statistics(workdir, config.data.dataset, config.eval.stats_split))
 
 
 def dataset_statistics(
@@ -64,10 +64,11 @@ def dataset_statistics(
 
 
 def save_reference_statistics(path: str, stats: ReferenceStatistics) -> None:
-    """Writes `mu` and `sigma` (readable by TTUR and pytorch-fid) and `kid_features`."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """Writes `mu` and `sigma` (readable by TTUR and pytorch-fid) and `kid_features`, local or gs://, ..."""
     extra = {} if stats.kid_features is None else {"kid_features": stats.kid_features}
-    metrics.save_statistics(path, stats.mu, stats.sigma, **extra)
+    contents = io.BytesIO()
+    metrics.save_statistics(contents, stats.mu, stats.sigma, **extra)
+    run_files.write_bytes(path, contents.getvalue())
 
 
 def load_reference_statistics(path: str) -> ReferenceStatistics:
@@ -77,16 +78,17 @@ def load_reference_statistics(path: str) -> ReferenceStatistics:
       DataError: no file at `path` (the message says how to make one), or one that lacks `mu` or `sigma`
         or whose shapes disagree.
     """
-    if not os.path.exists(path):
+    if not run_files.exists(path):
         raise DataError(
             f"no reference statistics at {path}: compute them with --mode stats (same config and workdir), "
             "or set --config.eval.stats_path to a TTUR/pytorch-fid .npz file")
+    contents = run_files.read_bytes(path)
     try:
-        mu, sigma = metrics.load_statistics(path)
+        mu, sigma = metrics.load_statistics(io.BytesIO(contents), name=str(path))
     except ValueError as error:  # what load_statistics says of a file that is not a statistics file
         raise DataError(f"{error}. Recompute it with --mode stats, or point --config.eval.stats_path at a "
                         "TTUR/pytorch-fid .npz file") from error
-    with np.load(path) as data:
+    with np.load(io.BytesIO(contents)) as data:
         kid_features = data["kid_features"] if "kid_features" in data.files else None
     return ReferenceStatistics(mu, sigma, kid_features)
 

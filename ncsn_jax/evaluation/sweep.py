@@ -17,17 +17,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 
 import jax
 import ml_collections
 import numpy as np
 import tqdm
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from ncsn_jax import checkpoints, images, parallel, sharded_sampling, weights
+from ncsn_jax import checkpoints, images, parallel, run_files, sharded_sampling, weights
 from ncsn_jax.errors import CheckpointNotFoundError, ConfigError
 from ncsn_jax.evaluation import metrics
 from ncsn_jax.evaluation.features import FeatureExtractor, feature_extractor
@@ -62,17 +62,16 @@ def sample_features(
     rng: jax.Array,
     num_samples: int,
     mesh: Mesh,
-    cache_dir: str,
+    cache_dir: run_files.PathLike,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Features and logits of `num_samples` samples, each sampled batch's kept in `cache_dir`.
 
     Batches already in `cache_dir` are read, not sampled again; a batch's samples depend only on
     `fold_in(rng, batch index)`, so an interrupted run gives what an uninterrupted one would.
     """
-    os.makedirs(cache_dir, exist_ok=True)
     num_batches = math.ceil(num_samples / config.sampling.batch_size)
     done = 0
-    while done < num_batches and os.path.exists(_batch_path(cache_dir, done)):
+    while done < num_batches and run_files.exists(_batch_path(cache_dir, done)):
         done += 1
     if jax.process_count() > 1:
         # Every process must sample the same batches; process 0 writes the cache, so its view decides (a
@@ -88,30 +87,23 @@ def sample_features(
         features, logits = extractor.fn(samples)
         if jax.process_index() == 0:
             if index == 0:
-                images.save_grid(samples[:64], os.path.join(cache_dir, "samples.png"))
-            _write_atomically(_batch_path(cache_dir, index), features=features, logits=logits)
+                images.save_grid(samples[:64], run_files.path(cache_dir) / "samples.png")
+            # Whole: a kill during the write never leaves a truncated batch that would be read.
+            run_files.save_npz(_batch_path(cache_dir, index), features=features, logits=logits)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("ncsn_jax.evaluation.sweep.sample_features")
-    parts = [np.load(_batch_path(cache_dir, i)) for i in range(num_batches)]
+    parts = [run_files.load_npz(_batch_path(cache_dir, i)) for i in range(num_batches)]
     return (np.concatenate([p["features"] for p in parts])[:num_samples],
             np.concatenate([p["logits"] for p in parts])[:num_samples])
 
 
-def _batch_path(cache_dir: str, index: int) -> str:
-    return os.path.join(cache_dir, f"batch_{index:05d}.npz")
-
-
-def _write_atomically(path: str, **arrays: np.ndarray) -> None:
-    # A kill during the write leaves only the temporary file, never a truncated batch that would be read.
-    temporary = path + ".tmp"
-    with open(temporary, "wb") as file:
-        np.savez(file, **arrays)
-    os.replace(temporary, path)
+def _batch_path(cache_dir: run_files.PathLike, index: int) -> epath.Path:
+    return run_files.path(cache_dir) / f"batch_{index:05d}.npz"
 
 
 def evaluate_checkpoint(
     state: SamplingState, config: ml_collections.ConfigDict, extractor: FeatureExtractor,
-    reference: ReferenceStatistics, num_samples: int, mesh: Mesh, eval_dir: str,
+    reference: ReferenceStatistics, num_samples: int, mesh: Mesh, eval_dir: run_files.PathLike,
 ) -> dict[str, float]:
     """The metrics of one checkpoint's EMA weights on `num_samples` samples.
 
@@ -121,13 +113,12 @@ def evaluate_checkpoint(
     so new reference statistics take effect.
     """
     step = int(state.step)
-    cache_dir = os.path.join(eval_dir, f"step_{step}_n{num_samples}_{_settings_digest(config, extractor)}")
+    cache_dir = run_files.path(eval_dir) / f"step_{step}_n{num_samples}_{_settings_digest(config, extractor)}"
     rng = jax.random.fold_in(jax.random.key(config.seed), step)
     features, logits = sample_features(state, config, extractor, rng, num_samples, mesh, cache_dir)
     result = quality_metrics(features, logits, reference, config)
     if jax.process_index() == 0:
-        with open(os.path.join(cache_dir, "metrics.json"), "w") as file:
-            json.dump(result, file, indent=1)
+        run_files.write_text(cache_dir / "metrics.json", json.dumps(result, indent=1))
     return result
 
 
@@ -179,7 +170,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str, checkpoint_step: i
                 "same config.eval.features")
         mesh = parallel.data_mesh()
         steps = steps_to_evaluate(weights.checkpoint_steps(workdir), config, checkpoint_step)
-        eval_dir = os.path.join(workdir, "eval")
+        eval_dir = run_files.eval_dir(workdir)
         results = {}
         for step in steps:
             # Only θ' and the ladder are read, and one checkpoint's at a time.
@@ -193,8 +184,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str, checkpoint_step: i
         report = {"features": extractor.name, "reference": statistics_path(config, workdir),
                   "checkpoints": {str(s): r for s, r in results.items()}, "best_step": best_step}
 
-        best_directory = os.path.join(workdir, weights.BEST_CHECKPOINTS)
-        with checkpoints.Checkpointer(best_directory, keep_best_by="fd") as best:
+        with checkpoints.Checkpointer(run_files.best_checkpoints_dir(workdir), keep_best_by="fd") as best:
             if best_step not in best.all_steps():
                 # force: Orbax otherwise refuses a step older than the one it holds; it keeps the lower FD.
                 best.save(best_step, state, force=True, metrics={"fd": results[best_step]["fd"]})
@@ -204,8 +194,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str, checkpoint_step: i
                 state, config, extractor, reference, final_samples, mesh, eval_dir)
             logging.info("best step %d on %d samples: %s", best_step, final_samples, _summary(report["best"]))
         if jax.process_index() == 0:
-            with open(os.path.join(eval_dir, "report.json"), "w") as file:
-                json.dump(report, file, indent=1)
+            run_files.write_text(eval_dir / "report.json", json.dumps(report, indent=1))
     return report
 
 

