@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging as python_logging
 import os
 import sys
+import threading
 import time
 from typing import Any
 
@@ -82,12 +83,17 @@ class _AbandonedOrbaxTasks(python_logging.Filter):
         return "exception was never retrieved" not in record.getMessage()
 
 
+# Set once a failed save has been raised as CheckpointWriteError (see `_OrbaxErrorsWithoutTracebacks`).
+_save_failure_reported = threading.Event()
+
+
 class _OrbaxErrorsWithoutTracebacks(python_logging.Filter):
     def filter(self, record: python_logging.LogRecord) -> bool:
         if record.levelno >= python_logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname:
-            # A background thread of a failed save that outlives the program's own error line only says
-            # that the interpreter is shutting down: it is dropped, so that line stays the last one.
-            if "after interpreter shutdown" in record.getMessage():
+            # Once a failed save has been reported as the run's error, the background threads of that save
+            # that are still finishing (or say that the interpreter is shutting down) only repeat it: they
+            # are dropped, so that the program's own error line stays the last one.
+            if _save_failure_reported.is_set() or "after interpreter shutdown" in record.getMessage():
                 return False
             record.exc_info, record.exc_text = None, None
         return True
@@ -291,6 +297,7 @@ class Checkpointer:
                     return  # Orbax raises a failed save's error at every wait; it was reported once
                 raise
             self._reported_failure = True
+            _save_failure_reported.set()
             self._manager.reload()
             latest = self.latest_step()
             kept = ("no checkpoint is complete" if latest is None

@@ -10,8 +10,6 @@ run stopped by SIGTERM or Ctrl-C after saving prints which step it saved, and ex
 """
 from __future__ import annotations
 
-import os
-import pathlib
 import sys
 import traceback
 from typing import NoReturn
@@ -20,7 +18,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ncsn_jax import checkpoints, config_checks, cpu_runtime, prepare, processes, sample_modes, train, tune
+from ncsn_jax import (checkpoints, config_checks, cpu_runtime, prepare, processes, run_files, sample_modes, train,
+                      tune)
 from ncsn_jax.errors import ConfigError, UserError, WorkdirError
 from ncsn_jax.stop_signals import StoppedBySignal
 from ncsn_jax.evaluation import reference, sweep
@@ -52,7 +51,8 @@ FLAGS = flags.FLAGS
 
 def check_workdir(workdir: str) -> None:
     """Raises WorkdirError when `workdir` names something other than a folder (or a place for one)."""
-    if "://" not in workdir and os.path.exists(workdir) and not os.path.isdir(workdir):
+    location = run_files.path(workdir)
+    if location.exists() and not location.is_dir():
         raise WorkdirError(f"--workdir {workdir} is a file, not a folder: choose a folder's path (it is created "
                            "when missing)")
 
@@ -70,7 +70,7 @@ def resolve_workdir(workdir: str | None, mode: str, config_file: str) -> str | N
     """
     if workdir or mode in NO_WORKDIR_MODES:
         return workdir
-    workdir = os.path.join("runs", pathlib.Path(config_file).stem)
+    workdir = run_files.default_workdir(config_file)
     logging.info("workdir: %s (the default for --config %s; set --workdir to choose another)", workdir, config_file)
     return workdir
 

@@ -57,6 +57,11 @@ def path(location: PathLike) -> epath.Path:
     return epath.Path(location if is_remote(location) else os.path.abspath(os.path.expanduser(location)))
 
 
+def default_workdir(config_file: str) -> str:
+    """The workdir of a run that names none: `runs/<config file name>` (e.g. runs/celeba), in the current folder."""
+    return os.path.join("runs", os.path.splitext(os.path.basename(config_file))[0])
+
+
 # The files of a run, by role.
 
 def config_file(workdir: PathLike) -> epath.Path:
