@@ -51,6 +51,10 @@ FLAGS = flags.FLAGS
 
 def check_workdir(workdir: str) -> None:
     """Raises WorkdirError when `workdir` names something other than a folder (or a place for one)."""
+    scheme = workdir.split("://")[0] if run_files.is_remote(workdir) else None
+    if scheme is not None and scheme not in run_files.REMOTE_SCHEMES:
+        raise WorkdirError(f"--workdir {workdir}: a workdir is a local path or a gs:// URL ({scheme}:// is not "
+                           "supported, since Orbax cannot write checkpoints there)")
     location = run_files.path(workdir)
     if location.exists() and not location.is_dir():
         raise WorkdirError(f"--workdir {workdir} is a file, not a folder: choose a folder's path (it is created "

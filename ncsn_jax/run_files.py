@@ -44,6 +44,9 @@ STATS = "stats"
 EVAL = "eval"
 
 PathLike = str | os.PathLike
+# The object storage a workdir may be on: the one Orbax writes checkpoints to (orbax-checkpoint 0.12
+# builds TensorStore specs for gs:// and local paths only; an s3:// workdir fails at its first save).
+REMOTE_SCHEMES = ("gs",)
 
 
 def is_remote(path: PathLike) -> bool:

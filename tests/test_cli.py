@@ -11,7 +11,7 @@ import jax
 import pytest
 
 from ncsn_jax import checkpoints, cli, train_state
-from ncsn_jax.errors import UserError
+from ncsn_jax.errors import UserError, WorkdirError
 from tests.test_main import REPO, command, tiny_mnist
 
 
@@ -52,6 +52,12 @@ def test_a_workdir_that_is_a_file(tmp_path):
     result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert_one_error_line(result, str(workdir), "is a file, not a folder")
     assert workdir.read_text() == "not a folder"
+
+
+def test_a_workdir_on_object_storage_that_orbax_cannot_write_is_refused_before_anything_runs():
+    # Orbax builds checkpoint specs for gs:// and local paths only: an s3:// run would fail at its first save.
+    with pytest.raises(WorkdirError, match=r"--workdir s3://bucket/run: a workdir is a local path or a gs://"):
+        cli.check_workdir("s3://bucket/run")
 
 
 def test_only_unreadable_checkpoints(tmp_path):
