@@ -125,6 +125,28 @@ def test_a_missing_coordinator_or_process_ends_every_process_with_one_line(tmp_p
         processes.start("127.0.0.1:1", 2, 2)
 
 
+# What the watchdog does with JAX's private coordination client, in a one-process run (the client's home
+# in JAX and its methods may move in any release: this fails fast where the two-process tests would hang).
+WATCHDOG_CLIENT = """
+import sys
+from ncsn_jax import processes
+processes.start(sys.argv[1], 1, 0)
+watchdog = processes._Watchdog(heartbeat_timeout=10)
+client, key = watchdog._client, processes._KEY.format(0)
+print(watchdog._try_get(0))
+for beat in ("1", "2"):
+    client.key_value_set(key, beat, allow_overwrite=True)
+print(watchdog._try_get(0))
+"""
+
+
+def test_the_watchdogs_coordination_client_works_with_this_jax():
+    result = subprocess.run([sys.executable, "-c", WATCHDOG_CLIENT, f"127.0.0.1:{free_port()}"], cwd=REPO,
+                            env=environment(1), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["None", "2"]  # not beaten yet (NOT_FOUND), then the last beat
+
+
 def kill_once(processes, condition, what, timeout=300):
     """SIGKILL every process as soon as `condition()` holds (checked every 50 ms)."""
     deadline = time.time() + timeout
