@@ -4,12 +4,17 @@
     python benchmarks/accelerator.py --config configs/tiny.py --batch_per_device 2 --steps 2 \
         --sampler_levels 2                                 # a quick check on CPU (what the tests run)
 
-Needs only JAX, Flax, Optax and ml_collections (no TensorFlow, no data, no network). Prints one JSON
-line:
+Needs JAX, Flax, Optax and ml_collections (no data, no network); the host ceiling below also builds its
+data with TensorFlow Datasets for cifar10 and celeba, and says it is unavailable where they are not
+installed. Prints one JSON line:
 
 - for each compute dtype (float32, bfloat16; parameters stay float32): the compile time, the median
   training step time and training images/s in all and per device, at `--batch_per_device` images per
-  device (128: the paper's batch on one device) with the batch sharded over every device as in training;
+  device (default: the config's batch, the paper's batch on one device) with the batch sharded over
+  every device as in training; `peak_device_bytes`, the device's peak memory in use so far
+  (`memory_stats()['peak_bytes_in_use']`: float32 is measured first, so bfloat16's is the larger of the
+  two; None on a backend without it, such as the CPU), and `step_temp_bytes`, the compiled step's
+  temporary buffers (XLA's memory analysis, on every backend);
 - `train_tflops_per_s_per_device` and `mfu`: model FLOPs per second against the device's peak, with the
   model FLOPs counted from the network's jaxpr (convolutions and matrix products, 2 per
   multiply-accumulate; a training step counted as 3 forward passes), and the peak from `PEAK_TFLOPS`
@@ -19,7 +24,12 @@ line:
   annealed Langevin run over `--sampler_levels` levels at `sampling.n_steps_each` steps each, at
   `--sampling_batch_per_device` images per device, in the fastest dtype;
 - `hours_for_50k_samples`: 50,000 samples at the config's L·T + 1 evaluations each (1,161 for
-  CIFAR-10), on all the devices of this machine.
+  CIFAR-10), on all the devices of this machine;
+- `host_loop`: what this host's training loop can feed, whatever the network: the real loop with the real
+  pipeline on made-up encoded images at the config's batch, with the network's step replaced by one of
+  negligible cost (`benchmarks/host_ceiling.py`), on all of this process's cores: images/s, steps/s,
+  CPU-seconds per step, and the loop's own milliseconds per step without decoding. Compare its images/s
+  with `training`'s: the smaller one is what a user will see. `--loop_steps 0` skips it.
 """
 import json
 import os
@@ -32,17 +42,20 @@ import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-import timing  # noqa: E402  (benchmarks/timing.py, beside this script: not a package)
+import host_ceiling  # noqa: E402  (benchmarks/host_ceiling.py and timing.py, beside this script)
+import timing  # noqa: E402
 from ncsn_jax import flops, parallel, sampling, train  # noqa: E402
 from ncsn_jax.models import get_model  # noqa: E402
 
 _CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 config_flags.DEFINE_config_file("config", os.path.join(_CONFIGS, "cifar10.py"), "Config file.", lock_config=False)
-flags.DEFINE_integer("batch_per_device", 128, "Training images per device per step.")
+flags.DEFINE_integer("batch_per_device", None, "Training images per device per step (default: the config's "
+                     "training.batch_size, the paper's batch on one device).")
 flags.DEFINE_integer("sampling_batch_per_device", 100, "Sampler images per device.")
 flags.DEFINE_integer("steps", 10, "Timed training steps per dtype (median reported), after two untimed.")
 flags.DEFINE_integer("sampler_levels", 10, "Noise levels of the timed sampler run.")
 flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes to measure.")
+flags.DEFINE_integer("loop_steps", 100, "Timed steps of the host-ceiling loop (0: skip it).")
 FLAGS = flags.FLAGS
 
 # Dense peak TFLOP/s per JAX device by device kind (a substring of `device_kind`), from the vendors'
@@ -77,11 +90,43 @@ def measure_training(config, mesh, batch_per_device):
     state, batch, rng = timing.training_inputs(config, mesh, batch_size)
     compiled, compile_s = timing.compile_seconds(train.train_step, state, batch, rng)
     step_s, state = timing.train_step_seconds(compiled, state, batch, rng, FLAGS.steps, warmup=2)
+    memory = compiled.memory_analysis()
     return state, {
         "compile_s": round(compile_s, 2),
         "step_s": round(step_s, 5),
         "images_per_s": round(batch_size / step_s, 1),
         "images_per_s_per_device": round(batch_size / step_s / devices, 1),
+        "peak_device_bytes": peak_device_bytes(),
+        "step_temp_bytes": None if memory is None else memory.temp_size_in_bytes,
+    }
+
+
+def peak_device_bytes():
+    """The first device's peak memory in use since the process started; None where the backend does not
+    report it (the CPU)."""
+    stats = jax.devices()[0].memory_stats()
+    return None if not stats else stats.get("peak_bytes_in_use")
+
+
+def measure_host_loop(config_path, batch_size):
+    """`host_ceiling`'s measurement of this config on all of this process's cores (see the docstring)."""
+    name = os.path.splitext(os.path.basename(config_path))[0]
+    cores = len(os.sched_getaffinity(0))
+    try:
+        (row,) = host_ceiling.host_ceiling([name], cores=(cores,), steps=FLAGS.loop_steps, warmup_steps=10,
+                                           batch_size=batch_size)
+    except ImportError as error:  # TFDS or TensorFlow missing: cifar10 and celeba cannot be made
+        return {"unavailable": f"not measured: {error}"}
+    measured = row[f"cores_{cores}"]
+    loop = measured["loop"]
+    return {
+        "cores": cores,
+        "batch_size": batch_size,
+        "images_per_s": round(loop["images_per_s"], 1),
+        "steps_per_s": round(loop["steps_per_s"], 2),
+        "cpu_s_per_step": round(loop["cpu_s_per_step"], 5),
+        "loop_ms_per_step_without_decoding": round(measured["loop_without_decoding"]["ms_per_step"], 3),
+        "h100_demand_images_per_s": round(row["h100_demand_images_per_s"], 1),
     }
 
 
@@ -118,6 +163,11 @@ def measure_sampler(state, config, mesh):
 
 def main(_):
     config = FLAGS.config
+    batch_per_device = FLAGS.batch_per_device or config.training.batch_size
+    # First, in processes of its own, while this one has not opened the device (a TPU admits one process).
+    host_loop = None
+    if FLAGS.loop_steps:
+        host_loop = measure_host_loop(FLAGS["config"].config_filename, config.training.batch_size)
     mesh = parallel.data_mesh()
     devices = mesh.devices.size
     device_kind = jax.devices()[0].device_kind
@@ -130,7 +180,7 @@ def main(_):
         "model": config.model.name,
         "image_size": config.data.image_size,
         "ngf": config.model.ngf,
-        "batch_per_device": FLAGS.batch_per_device,
+        "batch_per_device": batch_per_device,
         "training": {},
     }
     forward_flops = forward_flops_per_image(config)
@@ -138,7 +188,7 @@ def main(_):
     fastest = None
     for dtype in FLAGS.dtypes:
         config.model.dtype = dtype
-        state, measured = measure_training(config, mesh, FLAGS.batch_per_device)
+        state, measured = measure_training(config, mesh, batch_per_device)
         tflops = 3 * forward_flops * measured["images_per_s_per_device"] / 1e12
         peak = peak_tflops(device_kind, dtype)
         measured["train_tflops_per_s_per_device"] = round(tflops, 3)
@@ -159,6 +209,7 @@ def main(_):
         "score_evals_per_sample": evals_per_sample,
         "hours_for_50k_samples": round(50_000 * evals_per_sample / evals_per_s / 3600, 3),
     }
+    result["host_loop"] = host_loop
     print(json.dumps(result))
 
 
