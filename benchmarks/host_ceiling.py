@@ -30,8 +30,8 @@ host's. Per config and core count it measures:
 - `loop_without_decoding`: the same loop fed one decoded batch again and again (the pipeline replaced):
   what the loop itself costs per step (`ms_per_step`), with the batch's host-to-device copy;
 - `pipeline`: `datasets.get_dataset` alone, images/s and CPU-seconds per image;
-- at 1 core, `stages`: one thread's milliseconds per image for reading the record, decoding it, resizing
-  and cropping, and flipping and converting to float32.
+- at 1 core, `stages`: one thread's CPU milliseconds per image for reading the record, decoding it,
+  resizing and cropping, and flipping and converting to float32.
 
 The projection to an 8-core host fits Amdahl's law to the loop's images/s at 1 and 2 cores:
 serial fraction s = 2·T1/T2 − 1 (clipped to [0, 1]), ceiling = T1 / (s + (1 − s)/8); perfect scaling
@@ -203,6 +203,7 @@ def make_lsun(folder: pathlib.Path, category: str, num_train: int, num_test: int
     import lmdb
 
     rng = np.random.default_rng(3)
+    folder.mkdir(parents=True, exist_ok=True)
     for split, count, seed in (("train", num_train, 1), ("val", num_test, 2)):
         env = lmdb.open(str(folder / f"{category}_{split}_lmdb"), map_size=1 << 32)
         with env.begin(write=True) as txn:
@@ -329,7 +330,8 @@ def run_pipeline(config, batches: int) -> dict:
 
 
 def stage_costs(config, count: int = 64) -> dict:
-    """One thread's milliseconds per image for each stage of reading a training image."""
+    """One thread's CPU milliseconds per image (`time.thread_time`, unaffected by other processes) for each
+    stage of reading a training image."""
     from ncsn_jax import datasets
 
     data = config.data
@@ -343,11 +345,11 @@ def stage_costs(config, count: int = 64) -> dict:
         count = min(count, len(examples))
         raw = examples.data_source  # the records before TFDS decodes them
         for i in range(count):
-            start = time.perf_counter()
+            start = time.thread_time()
             record = raw[i]
-            read = time.perf_counter()
+            read = time.thread_time()
             image = examples.dataset_info.features.deserialize_example_np(record, decoders=None)["image"]
-            decoded = time.perf_counter()
+            decoded = time.thread_time()
             timings["read_ms"] += read - start
             timings["decode_ms"] += decoded - read
             _fit_and_convert(fit, image, timings)
@@ -368,12 +370,12 @@ def stage_costs(config, count: int = 64) -> dict:
             read_bytes = [functools.partial(get, key) for key in keys]
         count = len(read_bytes)
         for read in read_bytes:
-            start = time.perf_counter()
+            start = time.thread_time()
             encoded = read()
-            got = time.perf_counter()
+            got = time.thread_time()
             image = Image.open(io.BytesIO(encoded))
             image.load()
-            decoded = time.perf_counter()
+            decoded = time.thread_time()
             timings["read_ms"] += got - start
             timings["decode_ms"] += decoded - got
             _fit_and_convert(fit, image, timings)
@@ -381,12 +383,12 @@ def stage_costs(config, count: int = 64) -> dict:
 
 
 def _fit_and_convert(fit, image, timings: dict) -> None:
-    start = time.perf_counter()
+    start = time.thread_time()
     fitted = fit(image)
-    fitted_at = time.perf_counter()
+    fitted_at = time.thread_time()
     np.ascontiguousarray(fitted[:, ::-1]).astype(np.float32) / np.float32(255)
     timings["resize_crop_ms"] += fitted_at - start
-    timings["flip_to_float_ms"] += time.perf_counter() - fitted_at
+    timings["flip_to_float_ms"] += time.thread_time() - fitted_at
 
 
 def measure(name: str, data_fields: dict, warmup_steps: int, steps: int, pipeline_batches: int,
