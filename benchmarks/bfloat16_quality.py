@@ -28,8 +28,9 @@ The report also says whether each bfloat16 number lies inside the float32 seeds'
 number sits at the edge of that range whenever its float32 seed does, so this is the weaker test).
 
 Writes `--out` (JSON) after every stage, with the machine's load average and each stage's seconds.
-XLA:CPU computes bfloat16 about twice as slowly as float32 (the training step of configs/mnist.py at
-batch 32: 0.54 s against 0.30 s on 2 cores), which is what sizes the defaults.
+XLA:CPU computes bfloat16 more slowly than float32 (the training step of configs/mnist.py at batch 32:
+0.41-0.54 s against 0.30-0.32 s on 2 shared cores), which is what sizes the defaults: on such a machine
+the whole run takes about 45 minutes.
 """
 import json
 import os
