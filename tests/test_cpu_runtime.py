@@ -86,6 +86,20 @@ def test_flag_is_not_added_where_jax_will_not_run_on_the_cpu(monkeypatch, no_acc
     assert cpu_runtime.use_eigen_convolutions({"JAX_PLATFORMS": "cpu"})  # the plugin, but the CPU chosen
 
 
+def test_an_installed_cuda_plugin_keeps_the_flag_off_unless_jax_platforms_says_cpu(tmp_path):
+    # A distribution that importlib.metadata finds on the path, as pip would have installed it.
+    info = tmp_path / "jax_cuda12_plugin-0.10.2.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: jax-cuda12-plugin\nVersion: 0.10.2\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
+    env["PYTHONPATH"] = f"{REPO}{os.pathsep}{tmp_path}"
+    run = lambda **extra: subprocess.run(
+        [sys.executable, "-c", "import os, ncsn_jax; print(os.environ.get('XLA_FLAGS', 'unset'))"],
+        env={**env, **extra}, capture_output=True, text=True, timeout=120, check=True).stdout.strip()
+    assert run() == "unset"
+    assert run(JAX_PLATFORMS="cpu") == cpu_runtime.EIGEN_CONVOLUTIONS
+
+
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU compilation setting")
 def test_convolutions_of_this_process_compile_without_ynnpack():
     # Importing ncsn_jax (conftest imports it before JAX starts) set the flag: the compiled convolution
