@@ -38,14 +38,12 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 import host_ceiling  # noqa: E402  (benchmarks/host_ceiling.py and timing.py, beside this script)
 import timing  # noqa: E402
-from ncsn_jax import flops, parallel, sampling, train  # noqa: E402
-from ncsn_jax.models import get_model  # noqa: E402
+from ncsn_jax import parallel, sampling, train  # noqa: E402
 
 _CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 config_flags.DEFINE_config_file("config", os.path.join(_CONFIGS, "cifar10.py"), "Config file.", lock_config=False)
@@ -130,16 +128,6 @@ def measure_host_loop(config_path, batch_size):
     }
 
 
-def forward_flops_per_image(config):
-    """Model FLOPs of one image's forward pass (the same in every compute dtype)."""
-    model = get_model(config)
-    size, channels = config.data.image_size, config.data.channels
-    x = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
-    sigma = jax.ShapeDtypeStruct((1,), jnp.float32)
-    params = jax.eval_shape(model.init, jax.random.key(0), x, sigma)
-    return flops.count_flops(model.apply, params, x, sigma).total
-
-
 def measure_sampler(state, config, mesh):
     devices = mesh.devices.size
     batch = FLAGS.sampling_batch_per_device * devices
@@ -183,7 +171,7 @@ def main(_):
         "batch_per_device": batch_per_device,
         "training": {},
     }
-    forward_flops = forward_flops_per_image(config)
+    forward_flops = host_ceiling.forward_flops_per_image(config)  # the same in every compute dtype
     result["forward_gflops_per_image"] = round(forward_flops / 1e9, 3)
     fastest = None
     for dtype in FLAGS.dtypes:
