@@ -1,11 +1,15 @@
 """The one validator of config values: run before any work starts, messages that name the field to change.
 
 Library functions check only what their own arguments must satisfy; every rule about what a config
-field may hold lives here.
+field may hold is written here, but for a sampler method's rules about its own settings (pc's corrector,
+cas's step size): those stand in its record of `sampling_methods.SAMPLERS`, beside the settings they are
+about, and `check_sampling` runs them. `check_config` runs every rule that needs only the config;
+`check_mode` those of `--mode inpaint` and `interpolate`, which `sample_modes` runs.
 """
 from __future__ import annotations
 
 import ml_collections
+import numpy as np
 
 from ncsn_jax import sampling_methods
 from ncsn_jax.datasets import DATASETS
@@ -22,6 +26,35 @@ def halvings(model_name: str) -> int:
     return sum(stage.halves_resolution for stage in MODELS[model_name].stages)
 
 
+def check_sampling(settings: ml_collections.ConfigDict, sigmas: np.ndarray) -> None:
+    """Raises ConfigError for sampler settings that cannot run on a trained ladder.
+
+    Args:
+      settings: `config.sampling`.
+      sigmas: the trained ladder σ1 > … > σL.
+    """
+    method = sampling_methods.get_method(settings.method)  # its error names the methods there are
+    stride, num_levels = settings.ladder_stride, len(sigmas)
+    if not isinstance(stride, int) or stride < 1:
+        raise ConfigError(f"config.sampling.ladder_stride must be a positive integer, got {stride!r}")
+    if stride >= num_levels:
+        raise ConfigError(f"config.sampling.ladder_stride {stride} must be at least 1 and less than the ladder's "
+                          f"{num_levels} levels")
+    method.check(settings, np.asarray(sigmas))
+
+
+def check_mode(settings: ml_collections.ConfigDict, mode: str) -> None:
+    """Raises ConfigError when `--mode` inpaint or interpolate cannot run with `settings` (`config.sampling`)."""
+    if mode == "inpaint" and not sampling_methods.get_method(settings.method).inpaints:
+        raise ConfigError(f"--mode inpaint works with config.sampling.method "
+                          f"{' or '.join(sampling_methods.INPAINTING_METHODS)}, not {settings.method!r}")
+    if mode == "interpolate" and not sampling_methods.is_papers_sampler(settings):
+        # The interpolation is a variant of the paper's sampler (`sampling.annealed_langevin_interpolation`).
+        raise ConfigError(f"--mode interpolate works with config.sampling.method {sampling_methods.PAPERS_METHOD} "
+                          f"on the whole ladder only (method {settings.method!r}, ladder_stride "
+                          f"{settings.ladder_stride})")
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the first config field whose value cannot work."""
     positive_ints = {
@@ -36,7 +69,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "training.keep_checkpoints": config.training.keep_checkpoints,
         "sampling.batch_size": config.sampling.batch_size,
         "sampling.n_steps_each": config.sampling.n_steps_each,
-        "sampling.ladder_stride": config.sampling.ladder_stride,
         "model.num_scales": config.model.num_scales,
         "eval.batch_size": config.eval.batch_size,
         "eval.num_samples": config.eval.num_samples,
@@ -77,7 +109,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             f"(0, {2 * config.model.sigma_end**2:g}) for Langevin dynamics to be stable"
         )
     # The sampler's method and settings, on the ladder that training will create.
-    sampling_methods.check_settings(config.sampling, geometric_sigmas(
+    check_sampling(config.sampling, geometric_sigmas(
         config.model.sigma_begin, config.model.sigma_end, config.model.num_scales))
     if not 0 <= config.model.ema_rate < 1:
         raise ConfigError(f"config.model.ema_rate must lie in [0, 1), got {config.model.ema_rate}")

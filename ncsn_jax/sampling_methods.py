@@ -1,6 +1,8 @@
 """Which sampler draws the images: `config.sampling.method` on the trained ladder or a sub-ladder.
 
-Methods (all run on the trained NCSNv2 networks, which are VE score models):
+Each method is one `SamplerMethod` record of `SAMPLERS`: its initial state, its program, its score
+evaluations per image, the settings it reads (which name its outputs), its own config rules and its
+inpainting program, if any. The methods (all run on the trained NCSNv2 networks, which are VE score models):
 
   ald   annealed Langevin dynamics, the paper's sampler (`sampling.annealed_langevin_dynamics`), from
         U[0, 1) as the official code; L·T score evaluations, plus 1 to denoise.
@@ -18,18 +20,18 @@ at k = 1 ε is `sampling.step_lr`.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Callable
 
 import jax
 import ml_collections
 import numpy as np
+from jax.typing import ArrayLike
 
 from ncsn_jax import sampling, schedule, sde_sampling
 from ncsn_jax.errors import ConfigError
 from ncsn_jax.score import ScoreFn
-
-METHODS = ("ald", "cas", "pc", "ode")
-INPAINTING_METHODS = ("ald", "cas")
 
 
 def sub_ladder_indices(num_levels: int, stride: int) -> np.ndarray:
@@ -67,20 +69,162 @@ def ladder_and_step_lr(sigmas: jax.Array, settings: ml_collections.ConfigDict) -
     return ladder(sigmas, settings), step_lr(sigmas, settings)
 
 
+def _uniform_init(rng: jax.Array, shape: tuple[int, ...], sigma_begin: ArrayLike) -> jax.Array:
+    """U[0, 1), as the official code starts the paper's sampler (σ1 is not used)."""
+    del sigma_begin
+    return sampling.uniform_init(rng, shape)
+
+
+def _annealed_program(sampler: Callable) -> Callable:
+    """The program of a sampler of `ncsn_jax.sampling` (ald, cas): T = `n_steps_each` steps per level."""
+    def program(score_fn: ScoreFn, rng: jax.Array, x_init: jax.Array, levels: jax.Array, epsilon: float,
+                settings: ml_collections.ConfigDict) -> jax.Array:
+        return sampler(score_fn, rng, x_init, levels, n_steps_each=settings.n_steps_each, step_lr=epsilon,
+                       denoise=settings.denoise).samples
+    return program
+
+
+def _annealed_inpainting_program(sampler: Callable) -> Callable:
+    """The inpainting program of a sampler of `ncsn_jax.sampling`; the official inpainting does not denoise."""
+    def program(score_fn: ScoreFn, rng: jax.Array, x_init: jax.Array, reference: jax.Array, mask: jax.Array,
+                levels: jax.Array, epsilon: float, settings: ml_collections.ConfigDict) -> jax.Array:
+        return sampler(score_fn, rng, x_init, reference, mask, levels, n_steps_each=settings.n_steps_each,
+                       step_lr=epsilon).samples
+    return program
+
+
+def _predictor_corrector_program(score_fn: ScoreFn, rng: jax.Array, x_init: jax.Array, levels: jax.Array,
+                                 epsilon: float, settings: ml_collections.ConfigDict) -> jax.Array:
+    del epsilon  # the corrector's steps follow the signal-to-noise rule
+    return sde_sampling.predictor_corrector(score_fn, rng, x_init, levels, corrector_steps=settings.corrector_steps,
+                                            snr=settings.snr, denoise=settings.denoise).samples
+
+
+def _probability_flow_program(score_fn: ScoreFn, rng: jax.Array, x_init: jax.Array, levels: jax.Array,
+                              epsilon: float, settings: ml_collections.ConfigDict) -> jax.Array:
+    del rng, epsilon  # deterministic, and Heun's steps are the ladder's intervals
+    return sde_sampling.probability_flow(score_fn, x_init, levels, denoise=settings.denoise).samples
+
+
+def _annealed_evaluations(levels: int, settings: ml_collections.ConfigDict) -> int:
+    return levels * settings.n_steps_each + int(settings.denoise)
+
+
+def _predictor_corrector_evaluations(levels: int, settings: ml_collections.ConfigDict) -> int:
+    return levels * (settings.corrector_steps + 1)  # the last predictor's mean is the denoised sample
+
+
+def _probability_flow_evaluations(levels: int, settings: ml_collections.ConfigDict) -> int:
+    return 2 * (levels - 1) + int(settings.denoise)
+
+
+def _no_rules_of_its_own(settings: ml_collections.ConfigDict, sigmas: np.ndarray) -> None:
+    del settings, sigmas
+
+
+def _check_consistent_step_size(settings: ml_collections.ConfigDict, sigmas: np.ndarray) -> None:
+    """ε must let CAS's noise follow the ladder (`sampling.consistent_noise_scales`)."""
+    levels = np.asarray(sigmas, np.float64)[sub_ladder_indices(len(sigmas), settings.ladder_stride)]
+    gamma = float(np.max(levels[:-1] / levels[1:])) if len(levels) > 1 else 1.0
+    epsilon = step_lr(np.asarray(sigmas), settings)
+    smallest = levels[-1]**2 * (1.0 - 1.0 / gamma)
+    if epsilon < smallest:
+        raise ConfigError(
+            f"consistent annealed sampling needs a step size ε >= σL²·(1 − 1/γ) = {smallest:.3g} on this "
+            f"ladder (γ = {gamma:.4g}), so that the noise can follow the ladder; ε is {epsilon:.3g}: "
+            "raise config.sampling.step_lr")
+
+
+def _check_corrector(settings: ml_collections.ConfigDict, sigmas: np.ndarray) -> None:
+    del sigmas
+    corrector_steps = settings.corrector_steps
+    if not (isinstance(corrector_steps, int) and corrector_steps >= 0):
+        raise ConfigError(f"config.sampling.corrector_steps {settings.corrector_steps} must be >= 0")
+    if not settings.snr > 0:
+        raise ConfigError(f"config.sampling.snr {settings.snr} must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerMethod:
+    """One value of `config.sampling.method`: everything that depends on which sampler runs.
+
+    Attributes:
+      name: the config value, e.g. "cas".
+      initial_state: (rng, shape (B, H, W, C), σ1) ↦ x0.
+      program: (score_fn, rng, x_init, levels, ε, settings) ↦ samples (B, H, W, C), unclamped; `levels`
+        and ε are `ladder_and_step_lr`'s (the sampled ladder, and the step size at its σL).
+      score_evaluations: (levels of the sampled ladder, settings) ↦ score evaluations per image.
+      settings: the `config.sampling` fields the program reads besides `ladder_stride` and `denoise`, in
+        the order output names show them.
+      check: (settings, trained ladder σ1 > … > σL) ↦ None, raising ConfigError for values of the method's
+        own settings that cannot run; `config_checks.check_sampling` calls it.
+      inpainting_program: (score_fn, rng, x_init, reference, mask, levels, ε, settings) ↦ samples, the known
+        pixels of `mask` held at `reference`; None for a method that does not inpaint.
+    """
+
+    name: str
+    initial_state: Callable[[jax.Array, tuple[int, ...], ArrayLike], jax.Array]
+    program: Callable[..., jax.Array]
+    score_evaluations: Callable[[int, ml_collections.ConfigDict], int]
+    settings: tuple[str, ...]
+    check: Callable[[ml_collections.ConfigDict, np.ndarray], None] = _no_rules_of_its_own
+    inpainting_program: Callable[..., jax.Array] | None = None
+
+    @property
+    def inpaints(self) -> bool:
+        return self.inpainting_program is not None
+
+
+SAMPLERS = {method.name: method for method in (
+    SamplerMethod("ald", _uniform_init, _annealed_program(sampling.annealed_langevin_dynamics),
+                  _annealed_evaluations, ("n_steps_each", "step_lr"),
+                  inpainting_program=_annealed_inpainting_program(sampling.annealed_langevin_inpainting)),
+    SamplerMethod("cas", sampling.prior_init, _annealed_program(sampling.consistent_annealed_sampling),
+                  _annealed_evaluations, ("n_steps_each", "step_lr"), check=_check_consistent_step_size,
+                  inpainting_program=_annealed_inpainting_program(sampling.consistent_annealed_inpainting)),
+    SamplerMethod("pc", sampling.prior_init, _predictor_corrector_program, _predictor_corrector_evaluations,
+                  ("corrector_steps", "snr"), check=_check_corrector),
+    SamplerMethod("ode", sampling.prior_init, _probability_flow_program, _probability_flow_evaluations, ()),
+)}
+METHODS = tuple(SAMPLERS)
+INPAINTING_METHODS = tuple(name for name, method in SAMPLERS.items() if method.inpaints)
+# The paper's sampler on the whole ladder: its outputs and evaluation caches keep the names they had before
+# there were other samplers.
+PAPERS_METHOD = "ald"
+
+
+def get_method(name: str) -> SamplerMethod:
+    """The record of `config.sampling.method` `name`; ConfigError naming the methods for any other name."""
+    if name not in SAMPLERS:
+        raise ConfigError(f"config.sampling.method {name!r} is not one of {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+def is_papers_sampler(settings: ml_collections.ConfigDict) -> bool:
+    """Whether `settings` run the paper's sampler (ald) on the whole trained ladder."""
+    return (settings.method, settings.ladder_stride) == (PAPERS_METHOD, 1)
+
+
+def settings_in_use(settings: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The method's own settings that this run reads: its `SamplerMethod.settings`, less ε (`step_lr`) on a
+    sub-ladder, which re-derives it."""
+    return tuple(field for field in get_method(settings.method).settings
+                 if field != "step_lr" or settings.ladder_stride == 1)
+
+
+# How output names show each method's own settings, e.g. `_cas_T1_lr2.9e-05`, `_pc_corrector1_snr0.16`.
+_NAME_FORMATS = {"n_steps_each": "T{}", "step_lr": "lr{:.3g}", "corrector_steps": "corrector{}", "snr": "snr{:g}"}
+
+
 def file_name_suffix(settings: ml_collections.ConfigDict) -> str:
     """What output file names append so that runs of other samplers or settings do not overwrite each
-    other: nothing for `ald` on the whole ladder (the paper's sampler keeps the plain name), else the method
-    and the settings it uses, e.g. `_cas_T3_stride3` or `_cas_T1_lr2.9e-05` (ε only at stride 1: a
+    other: nothing for the paper's sampler on the whole ladder (it keeps the plain name), else the method
+    and the settings it reads, e.g. `_cas_T3_stride3` or `_cas_T1_lr2.9e-05` (ε only at stride 1: a
     sub-ladder re-derives it)."""
-    if (settings.method, settings.ladder_stride) == ("ald", 1):
+    if is_papers_sampler(settings):
         return ""
     parts = ["", settings.method]
-    if settings.method in ("ald", "cas"):
-        parts.append(f"T{settings.n_steps_each}")
-        if settings.ladder_stride == 1:
-            parts.append(f"lr{settings.step_lr:.3g}")
-    elif settings.method == "pc":
-        parts.append(f"corrector{settings.corrector_steps}_snr{settings.snr:g}")
+    parts += [_NAME_FORMATS[field].format(settings[field]) for field in settings_in_use(settings)]
     if settings.ladder_stride > 1:
         parts.append(f"stride{settings.ladder_stride}")
     if not settings.denoise:
@@ -91,55 +235,12 @@ def file_name_suffix(settings: ml_collections.ConfigDict) -> str:
 def score_evaluations(num_levels: int, settings: ml_collections.ConfigDict) -> int:
     """Score evaluations per image of `settings` on a trained ladder of `num_levels` levels."""
     levels = len(sub_ladder_indices(num_levels, settings.ladder_stride))
-    denoise = int(settings.denoise)
-    if settings.method in ("ald", "cas"):
-        return levels * settings.n_steps_each + denoise
-    if settings.method == "pc":
-        return levels * (settings.corrector_steps + 1)
-    return 2 * (levels - 1) + denoise
+    return get_method(settings.method).score_evaluations(levels, settings)
 
 
-def check_settings(settings: ml_collections.ConfigDict, sigmas: np.ndarray, what: str = "sample") -> None:
-    """Raises ConfigError for settings that cannot run (`what` names the mode, e.g. "inpaint").
-
-    Args:
-      settings: `config.sampling`.
-      sigmas: the trained ladder σ1 > … > σL.
-    """
-    if settings.method not in METHODS:
-        raise ConfigError(f"config.sampling.method {settings.method!r} is not one of {', '.join(METHODS)}")
-    if what == "inpaint" and settings.method not in INPAINTING_METHODS:
-        raise ConfigError(f"--mode inpaint works with config.sampling.method ald or cas, not "
-                          f"{settings.method!r}")
-    if what == "interpolate" and (settings.method != "ald" or settings.ladder_stride != 1):
-        raise ConfigError(f"--mode interpolate works with config.sampling.method ald on the whole ladder only "
-                          f"(method {settings.method!r}, ladder_stride {settings.ladder_stride})")
-    num_levels = len(sigmas)
-    if not 1 <= settings.ladder_stride < num_levels:
-        raise ConfigError(f"config.sampling.ladder_stride {settings.ladder_stride} must be at least 1 and "
-                          f"less than the ladder's {num_levels} levels")
-    corrector_steps = settings.corrector_steps
-    if settings.method == "pc" and not (isinstance(corrector_steps, int) and corrector_steps >= 0):
-        raise ConfigError(f"config.sampling.corrector_steps {settings.corrector_steps} must be >= 0")
-    if settings.method == "pc" and not settings.snr > 0:
-        raise ConfigError(f"config.sampling.snr {settings.snr} must be positive")
-    if settings.method == "cas":
-        levels = np.asarray(sigmas, np.float64)[sub_ladder_indices(num_levels, settings.ladder_stride)]
-        gamma = float(np.max(levels[:-1] / levels[1:])) if len(levels) > 1 else 1.0
-        epsilon = step_lr(np.asarray(sigmas), settings)
-        smallest = levels[-1]**2 * (1.0 - 1.0 / gamma)
-        if epsilon < smallest:
-            raise ConfigError(
-                f"consistent annealed sampling needs a step size ε >= σL²·(1 − 1/γ) = {smallest:.3g} on this "
-                f"ladder (γ = {gamma:.4g}), so that the noise can follow the ladder; ε is {epsilon:.3g}: "
-                "raise config.sampling.step_lr")
-
-
-def initial_state(method: str, rng: jax.Array, shape: tuple[int, ...], sigma_begin: jax.Array) -> jax.Array:
+def initial_state(method: str, rng: jax.Array, shape: tuple[int, ...], sigma_begin: ArrayLike) -> jax.Array:
     """x0 of `method`: U[0, 1) for ald (as the official code), the prior N(0, σ1²) otherwise."""
-    if method == "ald":
-        return sampling.uniform_init(rng, shape)
-    return sampling.prior_init(rng, shape, sigma_begin)
+    return get_method(method).initial_state(rng, shape, sigma_begin)
 
 
 def run(score_fn: ScoreFn, rng: jax.Array, x_init: jax.Array, levels: jax.Array, epsilon: float,
@@ -148,28 +249,18 @@ def run(score_fn: ScoreFn, rng: jax.Array, x_init: jax.Array, levels: jax.Array,
 
     `levels` and `epsilon` are the sampler's ladder and step size, `ladder_and_step_lr(sigmas, settings)`.
     """
-    if settings.method == "ald":
-        return sampling.annealed_langevin_dynamics(
-            score_fn, rng, x_init, levels, n_steps_each=settings.n_steps_each, step_lr=epsilon,
-            denoise=settings.denoise).samples
-    if settings.method == "cas":
-        return sampling.consistent_annealed_sampling(
-            score_fn, rng, x_init, levels, n_steps_each=settings.n_steps_each, step_lr=epsilon,
-            denoise=settings.denoise).samples
-    if settings.method == "pc":
-        return sde_sampling.predictor_corrector(
-            score_fn, rng, x_init, levels, corrector_steps=settings.corrector_steps, snr=settings.snr,
-            denoise=settings.denoise).samples
-    if settings.method == "ode":
-        return sde_sampling.probability_flow(score_fn, x_init, levels, denoise=settings.denoise).samples
-    raise ConfigError(f"config.sampling.method {settings.method!r} is not one of {', '.join(METHODS)}")
+    return get_method(settings.method).program(score_fn, rng, x_init, levels, epsilon, settings)
 
 
 def inpaint(score_fn: ScoreFn, rng: jax.Array, x_init: jax.Array, reference: jax.Array, mask: jax.Array,
             sigmas: jax.Array, settings: ml_collections.ConfigDict) -> jax.Array:
-    """Inpainting by `settings.method` (ald or cas); the official inpainting does not denoise."""
+    """Inpainting by `settings.method`, one of `INPAINTING_METHODS`; the official inpainting does not denoise.
+
+    Raises:
+      ValueError: for a method that does not inpaint (`config_checks.check_mode` tells the user).
+    """
+    method = get_method(settings.method)
+    if not method.inpaints:
+        raise ValueError(f"{method.name} does not inpaint; the methods that do: {', '.join(INPAINTING_METHODS)}")
     levels, epsilon = ladder_and_step_lr(sigmas, settings)
-    sampler = (sampling.annealed_langevin_inpainting if settings.method == "ald"
-               else sampling.consistent_annealed_inpainting)
-    return sampler(score_fn, rng, x_init, reference, mask, levels, n_steps_each=settings.n_steps_each,
-                   step_lr=epsilon).samples
+    return method.inpainting_program(score_fn, rng, x_init, reference, mask, levels, epsilon, settings)

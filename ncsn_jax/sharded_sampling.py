@@ -1,10 +1,10 @@
 """The samplers run over every device: global batches sharded along the ('data',) mesh axis.
 
 The drivers take a score function, the ladder σ1 > … > σL and the sampling settings (`config.sampling`:
-`method`, `batch_size`, `n_steps_each` = T, `step_lr` = ε, `denoise`, …), run the jit-compiled sampler
-that `ncsn_jax.sampling_methods` picks on batches split over the mesh and gather the images on every
-host. They know nothing of checkpoints or train states (`ncsn_jax.weights` gives the score function of a
-checkpoint).
+`method`, `batch_size`, `n_steps_each` = T, `step_lr` = ε, `denoise`, …, vetted by `ncsn_jax.config_checks`),
+run the jit-compiled program of the method's record in `ncsn_jax.sampling_methods` on batches split over
+the mesh and gather the images on every host. They know nothing of checkpoints or train states
+(`ncsn_jax.weights` gives the score function of a checkpoint).
 """
 from __future__ import annotations
 
@@ -59,7 +59,6 @@ def sample_batches(
     """
     batch = settings.batch_size
     parallel.per_host_batch_size(batch, mesh, "sampling.batch_size")  # must divide over the devices
-    sampling_methods.check_settings(settings, np.asarray(sigmas))
     levels, epsilon = sampling_methods.ladder_and_step_lr(sigmas, settings)
     shape = (batch, *image_shape)
     # Every batch is full, the last one trimmed afterwards: one shape, so the sampler compiles once.
@@ -81,12 +80,12 @@ def draw_samples(
     mesh: Mesh,
     progress_bar: bool = True,
 ) -> np.ndarray:
-    """`num_samples` images of `image_shape` (H, W, C) by annealed Langevin dynamics.
+    """`num_samples` images of `image_shape` (H, W, C) by the sampler of `settings.method`.
 
     Args:
       score_fn: s(x, σ), e.g. `SamplingState.score_fn()` (the EMA parameters).
-      sigmas: (L,) the ladder σ1 > … > σL.
-      settings: `config.sampling` (n_steps_each = T, step_lr = ε, denoise, batch_size).
+      sigmas: (L,) the trained ladder σ1 > … > σL.
+      settings: `config.sampling` (method, the settings it reads, ladder_stride, denoise, batch_size).
 
     Returns:
       (num_samples, H, W, C) float32, unclamped (clamp only for display).
@@ -114,7 +113,8 @@ def inpaint(
     completions_per_image: int,
     mesh: Mesh,
 ) -> np.ndarray:
-    """Completes each reference image `completions_per_image` times (the unknown pixels sampled).
+    """Completes each reference image `completions_per_image` times (the unknown pixels sampled) by the
+    inpainting program of `settings.method` (`sampling_methods.INPAINTING_METHODS`).
 
     Args:
       references: (N, H, W, C) images in [0, 1].
@@ -130,7 +130,6 @@ def inpaint(
     repeated = np.concatenate([repeated, repeated[: padded - count]]) if padded > count else repeated
     sharding = parallel.batch_sharding(mesh)
     reference = jax.device_put(repeated, sharding)
-    sampling_methods.check_settings(settings, np.asarray(sigmas), "inpaint")
     x_init = _sharded_initial_state(settings.method, jax.random.fold_in(rng, 0), repeated.shape, sharding,
                                     sigmas[0])
     samples = sampling_methods.inpaint(score_fn, jax.random.fold_in(rng, 1), x_init, reference,
@@ -147,7 +146,8 @@ def interpolate(
     n_interpolations: int,
     mesh: Mesh,
 ) -> np.ndarray:
-    """Rows of samples whose noise varies smoothly from column to column (official interpolation).
+    """Rows of samples whose noise varies smoothly from column to column (official interpolation): the
+    paper's sampler on the whole ladder, whatever `settings.method` (`config_checks.check_mode` refuses others).
 
     Each row starts from one image of `starts` noised at σ1 (as the official sampler's data_init) and all
     its columns share that start; see `sampling.annealed_langevin_interpolation`.
@@ -158,7 +158,6 @@ def interpolate(
     Returns:
       (R·n, H, W, C) float32, row-major; unclamped.
     """
-    sampling_methods.check_settings(settings, np.asarray(sigmas), "interpolate")
     devices = mesh.devices.size
     rows = starts.shape[0]
     # Whole rows are padded so that the batch divides over the devices.

@@ -1,10 +1,12 @@
 """Bad config values are caught before any work, with the field named."""
+import ml_collections
 import pytest
 
 from configs import bedroom, celeba, church, cifar10, ffhq, mnist, tiny, tower
-from ncsn_jax.config_checks import check_config, halvings
+from ncsn_jax.config_checks import check_config, check_mode, check_sampling, halvings
 from ncsn_jax.errors import ConfigError
 from ncsn_jax.models import NCSNv2, NCSNv2Deepest
+from ncsn_jax.schedule import geometric_sigmas
 
 
 def test_paper_configs_pass():
@@ -42,4 +44,44 @@ def test_bad_values_name_the_field(section, field, value, message):
         config.model.name = "ncsnv2_deeper"
     config[section][field] = value
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        check_config(config)
+
+
+def sampling_settings(**overrides):
+    values = {"method": "ald", "n_steps_each": 1, "step_lr": 1e-5, "denoise": True, "ladder_stride": 1,
+              "corrector_steps": 1, "snr": 0.16, "batch_size": 8}
+    return ml_collections.ConfigDict({**values, **overrides})
+
+
+def test_sampler_settings_that_cannot_run_are_config_errors():
+    sigmas = geometric_sigmas(10.0, 0.01, 50)
+    with pytest.raises(ConfigError, match="method 'langevin' is not one of ald, cas, pc, ode"):
+        check_sampling(sampling_settings(method="langevin"), sigmas)
+    with pytest.raises(ConfigError, match="ladder_stride 50 must be at least 1 and less than the ladder's 50"):
+        check_sampling(sampling_settings(ladder_stride=50), sigmas)
+    with pytest.raises(ConfigError, match="config.sampling.ladder_stride must be a positive integer, got 0"):
+        check_sampling(sampling_settings(ladder_stride=0), sigmas)
+    with pytest.raises(ConfigError, match=r"ε >= σL²·\(1 − 1/γ\)"):
+        check_sampling(sampling_settings(method="cas", step_lr=1e-7), sigmas)
+    with pytest.raises(ConfigError, match="config.sampling.corrector_steps -1 must be >= 0"):
+        check_sampling(sampling_settings(method="pc", corrector_steps=-1), sigmas)
+    check_sampling(sampling_settings(method="ald", corrector_steps=-1, snr=0.0), sigmas)  # pc's rules only
+    with pytest.raises(ConfigError, match="--mode inpaint works with config.sampling.method ald or cas"):
+        check_mode(sampling_settings(method="ode"), "inpaint")
+    with pytest.raises(ConfigError, match="--mode interpolate works with config.sampling.method ald"):
+        check_mode(sampling_settings(method="cas", step_lr=1e-4), "interpolate")
+    with pytest.raises(ConfigError, match="--mode interpolate works with config.sampling.method ald on the whole"):
+        check_mode(sampling_settings(ladder_stride=2), "interpolate")
+    for method in ("ald", "cas"):
+        check_mode(sampling_settings(method=method), "inpaint")
+    check_mode(sampling_settings(method="ode"), "sample")
+    # The config check runs them on the ladder that training creates.
+    config = mnist.get_config()
+    config.sampling.method = "pc"
+    config.sampling.snr = 0.0
+    with pytest.raises(ConfigError, match="config.sampling.snr 0.0 must be positive"):
+        check_config(config)
+    config = mnist.get_config()
+    config.sampling.ladder_stride = config.model.num_scales
+    with pytest.raises(ConfigError, match=f"less than the ladder's {config.model.num_scales} levels"):
         check_config(config)

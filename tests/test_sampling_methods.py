@@ -1,5 +1,6 @@
-"""The samplers beyond the paper's (cas, pc, ode) and the sub-ladder, against exact scores: a Gaussian
-mixture whose noised score is known in closed form, and a Gaussian whose probability flow is known."""
+"""The samplers beyond the paper's (cas, pc, ode), the method registry and the sub-ladder, against exact
+scores: a Gaussian mixture whose noised score is known in closed form (tests/gaussian_mixture.py), and a
+Gaussian whose probability flow is known."""
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -9,25 +10,14 @@ from scipy import stats
 
 from configs import mnist
 from ncsn_jax import config_checks, sampling, sampling_methods, schedule, sde_sampling
-from ncsn_jax.errors import ConfigError
+from tests import gaussian_mixture
+from tests.gaussian_mixture import BETWEEN_MODES, MEANS, STDS, WEIGHTS
 
-# Every pixel is an independent draw of the mixture 0.25·N(−6, 0.5²) + 0.75·N(2, 1²), whose mean is 0, the
-# prior's: the ODE maps the prior's quantiles to the data's, so a prior off by 2 of its σ1 = 50 would shift
-# the weights by 1.3%.
-WEIGHTS, MEANS, STDS = np.array([0.25, 0.75]), np.array([-6.0, 2.0]), np.array([0.5, 1.0])
-BETWEEN_MODES = -2.0  # 8 of the left mode's σ and 4 of the right's from them
-SHAPE = (1000, 8, 8, 1)
+SHAPE = (1000, *gaussian_mixture.IMAGE_SHAPE)
 
 
 def _geometric(sigma_begin, sigma_end, num_levels):
     return np.exp(np.linspace(np.log(sigma_begin), np.log(sigma_end), num_levels)).astype(np.float32)
-
-
-def mixture_score(x, sigma):
-    """∇x log of the mixture convolved with N(0, σ²), per pixel."""
-    var = STDS**2 + sigma.reshape((-1,) + (1,) * (x.ndim - 1))[..., None]**2
-    log_p = np.log(WEIGHTS) - 0.5 * jnp.log(var) - 0.5 * (x[..., None] - MEANS)**2 / var
-    return jnp.sum(jax.nn.softmax(log_p, axis=-1) * (MEANS - x[..., None]) / var, axis=-1)
 
 
 def settings(**overrides):
@@ -45,10 +35,10 @@ GAMMA = float(LADDER[0] / LADDER[1])
 @pytest.mark.parametrize("method, steps", [("cas", 1), ("pc", 1), ("ode", 1)])  # ald: tests/test_sampling.py
 def test_each_method_samples_the_mixture(method, steps):
     config = settings(method=method, n_steps_each=steps, step_lr=schedule.langevin_step_size(GAMMA, 0.01, steps))
-    sampling_methods.check_settings(config, LADDER)
+    config_checks.check_sampling(config, LADDER)
     x_init = sampling_methods.initial_state(method, jax.random.key(0), SHAPE, LADDER[0])
     levels, epsilon = sampling_methods.ladder_and_step_lr(jnp.asarray(LADDER), config)
-    x = np.asarray(sampling_methods.run(mixture_score, jax.random.key(1), x_init, levels, epsilon, config))
+    x = np.asarray(sampling_methods.run(gaussian_mixture.score, jax.random.key(1), x_init, levels, epsilon, config))
     x = x.ravel()
     left, right = x[x < BETWEEN_MODES], x[x >= BETWEEN_MODES]
     # Each sampler's own bias on this coarse ladder, as measured: weights within 0.025 (the ode's 0.001),
@@ -57,8 +47,7 @@ def test_each_method_samples_the_mixture(method, steps):
     assert abs(left.size / x.size - WEIGHTS[0]) < 0.03
     np.testing.assert_allclose([left.mean(), right.mean()], MEANS, atol=0.06)
     np.testing.assert_allclose([left.std(), right.std()], STDS, rtol=0.1)
-    cdf = lambda v: np.sum(WEIGHTS * stats.norm.cdf((v[..., None] - MEANS) / STDS), axis=-1)
-    assert stats.kstest(x, cdf).statistic < 0.04
+    assert stats.kstest(x, gaussian_mixture.cdf).statistic < 0.04
 
 
 def test_consistent_sampling_keeps_the_noise_on_the_ladder():
@@ -179,26 +168,6 @@ def test_score_evaluations_are_counted_as_the_sampler_makes_them(method, stride,
     assert len(calls) == evaluations
 
 
-def test_settings_that_cannot_run_are_config_errors():
-    sigmas = _geometric(10.0, 0.01, 50)
-    with pytest.raises(ConfigError, match="method 'langevin' is not one of ald, cas, pc, ode"):
-        sampling_methods.check_settings(settings(method="langevin"), sigmas)
-    with pytest.raises(ConfigError, match="ladder_stride 50 must be at least 1 and less than the ladder's 50"):
-        sampling_methods.check_settings(settings(ladder_stride=50), sigmas)
-    with pytest.raises(ConfigError, match=r"ε >= σL²·\(1 − 1/γ\)"):
-        sampling_methods.check_settings(settings(method="cas", step_lr=1e-7), sigmas)
-    with pytest.raises(ConfigError, match="--mode inpaint works with config.sampling.method ald or cas"):
-        sampling_methods.check_settings(settings(method="ode"), sigmas, "inpaint")
-    with pytest.raises(ConfigError, match="--mode interpolate works with config.sampling.method ald"):
-        sampling_methods.check_settings(settings(method="cas", step_lr=1e-4), sigmas, "interpolate")
-    # The config check runs them on the ladder that training creates.
-    config = mnist.get_config()
-    config.sampling.method = "pc"
-    config.sampling.snr = 0.0
-    with pytest.raises(ConfigError, match="config.sampling.snr 0.0 must be positive"):
-        config_checks.check_config(config)
-
-
 def test_runs_of_other_sampler_settings_are_named_apart():
     # --mode sample and the notebook name their output with these suffixes: two settings that draw different images must not
     # share a file; the paper's sampler on the whole ladder keeps the plain name (whatever its T and ε).
@@ -212,3 +181,10 @@ def test_runs_of_other_sampler_settings_are_named_apart():
     assert len(set(labels)) == len(runs)
     assert all(label and "/" not in label and " " not in label for label in labels)
     assert sampling_methods.file_name_suffix(settings(method="ald", n_steps_each=5, step_lr=6.2e-6)) == ""
+
+
+def test_methods_without_an_inpainting_program_are_refused_before_sampling():
+    x = jnp.zeros((2, 4, 4, 1))
+    with pytest.raises(ValueError, match="pc does not inpaint; the methods that do: ald, cas"):
+        sampling_methods.inpaint(None, jax.random.key(0), x, x, jnp.ones((4, 4, 1)), jnp.asarray(LADDER),
+                                 settings(method="pc"))

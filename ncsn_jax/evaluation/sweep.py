@@ -27,7 +27,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from ncsn_jax import checkpoints, images, parallel, run_files, sharded_sampling, weights
+from ncsn_jax import checkpoints, images, parallel, run_files, sampling_methods, sharded_sampling, weights
 from ncsn_jax.errors import CheckpointNotFoundError, ConfigError
 from ncsn_jax.evaluation import metrics
 from ncsn_jax.evaluation.features import FeatureExtractor, feature_extractor
@@ -122,16 +122,20 @@ def evaluate_checkpoint(
     return result
 
 
+# The sampling settings in every digest (the paper's sampler's, from before there were others).
+_DIGEST_SAMPLING_FIELDS = ("batch_size", "n_steps_each", "step_lr", "denoise")
+
+
 def _settings_digest(config: ml_collections.ConfigDict, extractor: FeatureExtractor) -> str:
     sampling, model = config.sampling, config.model
-    settings = [config.seed, extractor.name, sampling.batch_size, sampling.n_steps_each, sampling.step_lr,
-                sampling.denoise, model.sigma_begin, model.sigma_end, model.num_scales]
-    if (sampling.method, sampling.ladder_stride) != ("ald", 1):
+    settings = [config.seed, extractor.name, *(sampling[field] for field in _DIGEST_SAMPLING_FIELDS),
+                model.sigma_begin, model.sigma_end, model.num_scales]
+    if not sampling_methods.is_papers_sampler(sampling):
         # Other samplers' samples are other samples; the paper's sampler keeps the digest (and the
         # caches) it had before there were others.
         settings += [sampling.method, sampling.ladder_stride]
-        if sampling.method == "pc":
-            settings += [sampling.corrector_steps, sampling.snr]
+        settings += [sampling[field] for field in sampling_methods.get_method(sampling.method).settings
+                     if field not in _DIGEST_SAMPLING_FIELDS]
     return hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:8]
 
 
