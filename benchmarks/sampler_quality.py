@@ -2,7 +2,7 @@
 
     # a trained model: the Fréchet distance of its samples (digit classifier for MNIST, Inception otherwise)
     python benchmarks/sampler_quality.py --config configs/mnist.py --workdir runs/mnist --out results/mnist
-    # the Gaussian mixture of tests/test_sampling_methods.py, whose score is exact: an exact metric
+    # the Gaussian mixture of tests/gaussian_mixture.py, whose score is exact: an exact metric
     python benchmarks/sampler_quality.py --mixture --out results/mixture
 
 For every setting of `--grid` (method, T, corrector steps, ladder stride, step size; see GRID) and every
@@ -36,10 +36,11 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
-from scipy import stats as scipy_stats  # noqa: E402
 
-from ncsn_jax import images, parallel, sampling_methods, schedule, sharded_sampling, weights  # noqa: E402
+from ncsn_jax import (config_checks, images, parallel, sampling_methods, schedule, sharded_sampling,  # noqa: E402
+                      weights)
 from ncsn_jax.evaluation import features, reference, sweep  # noqa: E402
+from tests import gaussian_mixture  # noqa: E402
 
 # (method, settings): the paper's sampler first (the reference), then cheaper budgets of each method.
 GRID = {
@@ -125,20 +126,11 @@ flags.DEFINE_list("merge", None, "Reports (.json) of earlier runs to join into <
                   "from all of them, in seed order; nothing is sampled.")
 FLAGS = flags.FLAGS
 
-# The mixture: every pixel of an 8×8 image 0.25·N(−6, 0.5²) + 0.75·N(2, 1²), as in the tests; its ladder
-# by the paper's techniques (σ1 above the largest distance between images, L by technique 2).
-MIXTURE_WEIGHTS, MIXTURE_MEANS, MIXTURE_STDS = np.array([0.25, 0.75]), np.array([-6.0, 2.0]), np.array([0.5, 1.0])
-MIXTURE_SHAPE = (8, 8, 1)
-
-
-def mixture_score(x, sigma):
-    var = MIXTURE_STDS**2 + sigma.reshape((-1,) + (1,) * (x.ndim - 1))[..., None]**2
-    log_p = np.log(MIXTURE_WEIGHTS) - 0.5 * jnp.log(var) - 0.5 * (x[..., None] - MIXTURE_MEANS)**2 / var
-    return jnp.sum(jax.nn.softmax(log_p, axis=-1) * (MIXTURE_MEANS - x[..., None]) / var, axis=-1)
-
 
 def mixture_ladder() -> np.ndarray:
-    dim = int(np.prod(MIXTURE_SHAPE))
+    """The mixture's ladder by the paper's techniques: σ1 above the largest distance between images, L by
+    technique 2."""
+    dim = int(np.prod(gaussian_mixture.IMAGE_SHAPE))
     sigma_begin = 2.0 * 10.0 * np.sqrt(dim)  # above the largest distance between two images (< 10·√dim)
     num_levels = schedule.num_noise_scales(dim, sigma_begin, 0.01)
     return schedule.geometric_sigmas(sigma_begin, 0.01, num_levels)
@@ -148,12 +140,13 @@ def mixture_scores(samples: np.ndarray) -> dict[str, float]:
     """W1 between the pixels and the mixture (∫|F_n − F| over a fine grid), and the left weight's error."""
     pixels = np.sort(samples.ravel().astype(np.float64))
     grid = np.linspace(-12.0, 8.0, 20_001)
-    exact = np.sum(MIXTURE_WEIGHTS * scipy_stats.norm.cdf((grid[:, None] - MIXTURE_MEANS) / MIXTURE_STDS), axis=1)
+    exact = gaussian_mixture.cdf(grid)
     empirical = np.searchsorted(pixels, grid, side="right") / pixels.size
     w1 = float(np.sum(np.abs(empirical - exact)) * (grid[1] - grid[0]))
     # Outside the grid the CDFs differ only by the samples that landed there.
     w1 += float(np.sum(np.maximum(-12.0 - pixels, 0)) + np.sum(np.maximum(pixels - 8.0, 0))) / pixels.size
-    return {"w1": w1, "weight_error": float(abs(np.mean(pixels < -2.0) - MIXTURE_WEIGHTS[0]))}
+    left_weight = np.mean(pixels < gaussian_mixture.BETWEEN_MODES)
+    return {"w1": w1, "weight_error": float(abs(left_weight - gaussian_mixture.WEIGHTS[0]))}
 
 
 def setting_config(base: ml_collections.ConfigDict, method: str, overrides: dict,
@@ -168,20 +161,19 @@ def setting_config(base: ml_collections.ConfigDict, method: str, overrides: dict
         raise ValueError("step_lr_scale needs ladder_stride 1: a sub-ladder's ε is always technique 4's")
     levels = sampling_methods.ladder(sigmas, settings)
     settings.step_lr = step_lr_scale * sampling_methods.technique4_step_lr(levels, settings.n_steps_each)
-    sampling_methods.check_settings(settings, sigmas)
+    config_checks.check_sampling(settings, sigmas)
     return settings
 
 
 def describe(method: str, settings: ml_collections.ConfigDict, overrides: dict) -> str:
-    parts = [method]
-    if method in ("ald", "cas"):
-        parts.append(f"T={settings.n_steps_each}")
+    """A row's label: the method, its step counts, the real-valued settings that the grid sets (ε as a
+    multiple of technique 4's), the stride; e.g. `cas T=1 ε×4`, `pc corrector=1 stride=2`."""
+    shown = {"n_steps_each": f"T={settings.n_steps_each}", "corrector_steps": f"corrector={settings.corrector_steps}"}
     if "step_lr_scale" in overrides:
-        parts.append(f"ε×{overrides['step_lr_scale']:g}")
-    if method == "pc":
-        parts.append(f"corrector={settings.corrector_steps}")
-        if "snr" in overrides:
-            parts.append(f"snr={settings.snr:g}")
+        shown["step_lr"] = f"ε×{overrides['step_lr_scale']:g}"
+    if "snr" in overrides:
+        shown["snr"] = f"snr={settings.snr:g}"
+    parts = [method, *(shown[field] for field in sampling_methods.get_method(method).settings if field in shown)]
     if settings.ladder_stride > 1:
         parts.append(f"stride={settings.ladder_stride}")
     return " ".join(parts)
@@ -247,7 +239,7 @@ def main(_):
     mesh = parallel.data_mesh()
     if FLAGS.mixture:
         sigmas = mixture_ladder()
-        score_fn, image_shape = mixture_score, MIXTURE_SHAPE
+        score_fn, image_shape = gaussian_mixture.score, gaussian_mixture.IMAGE_SHAPE
         base = ml_collections.ConfigDict({"batch_size": FLAGS.num_samples, "n_steps_each": 5, "step_lr": 1e-5,
                                           "denoise": True, "method": "ald", "ladder_stride": 1,
                                           "corrector_steps": 1, "snr": 0.16})
