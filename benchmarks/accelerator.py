@@ -39,14 +39,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 import host_ceiling  # noqa: E402  (benchmarks/host_ceiling.py and timing.py, beside this script)
 import timing  # noqa: E402
+import configs  # noqa: E402  (the checkout's configs/, loaded by name or path)
 from ncsn_jax import parallel, sampling, train  # noqa: E402
 
-_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-config_flags.DEFINE_config_file("config", os.path.join(_CONFIGS, "cifar10.py"), "Config file.", lock_config=False)
+configs.define_config_flag("config", "cifar10", "A config's name or file, e.g. configs/tiny.py.", lock_config=False)
 flags.DEFINE_integer("batch_per_device", None, "Training images per device per step (default: the config's "
                      "training.batch_size, the paper's batch on one device).")
 flags.DEFINE_integer("sampling_batch_per_device", 100, "Sampler images per device.")

@@ -44,15 +44,15 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
+import configs  # noqa: E402  (the checkout's configs/, loaded by name or path)
 from ncsn_jax import (datasets, images, losses, parallel, sampling_methods, sharded_sampling, train,  # noqa: E402
                       train_state)
 from ncsn_jax.evaluation import features, reference, sweep  # noqa: E402
 from ncsn_jax.models import get_model  # noqa: E402
 from ncsn_jax.score import get_score_fn  # noqa: E402
 
-config_flags.DEFINE_config_file("config", None, "An MNIST config, e.g. configs/mnist.py.", lock_config=True)
+configs.define_config_flag("config", None, "An MNIST config, e.g. configs/mnist.py.", lock_config=True)
 flags.DEFINE_integer("steps", 400, "Training steps of each run (at least 2).")
 flags.DEFINE_integer("window", 50, "Steps per window of the mean training loss.")
 flags.DEFINE_integer("train_seeds", 3, "Float32 training seeds (data order and noise).")

@@ -17,11 +17,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
+import configs  # noqa: E402  (the checkout's configs/, loaded by name or path)
 from ncsn_jax import datasets  # noqa: E402
 
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mnist.py.", lock_config=True)
+configs.define_config_flag("config", None, "Config file, e.g. configs/mnist.py.", lock_config=True)
 flags.DEFINE_integer("batch_size", 128, "Images per batch on this host.")
 flags.DEFINE_integer("num_batches", 200, "Timed batches after the first one.")
 flags.DEFINE_enum("split", "train", ["train", "test"], "Split to read.")

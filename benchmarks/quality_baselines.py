@@ -21,12 +21,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
+import configs  # noqa: E402  (the checkout's configs/, loaded by name or path)
 from ncsn_jax import datasets, images  # noqa: E402
 from ncsn_jax.evaluation import features, reference, sweep  # noqa: E402
 
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mnist.py.", lock_config=True)
+configs.define_config_flag("config", None, "Config file, e.g. configs/mnist.py.", lock_config=True)
 flags.DEFINE_integer("num_images", 200, "Images in each set.")
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS

@@ -35,8 +35,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
+import configs  # noqa: E402  (the checkout's configs/, loaded by name or path)
 from ncsn_jax import (config_checks, images, parallel, sampling_methods, schedule, sharded_sampling,  # noqa: E402
                       weights)
 from ncsn_jax.evaluation import features, reference, sweep  # noqa: E402
@@ -112,7 +112,7 @@ GRID = {
 }
 
 flags.DEFINE_bool("mixture", False, "Score the samplers on the Gaussian mixture with its exact score.")
-config_flags.DEFINE_config_file("config", None, "The trained model's config, e.g. configs/mnist.py.", lock_config=True)
+configs.define_config_flag("config", None, "The trained model's config, e.g. configs/mnist.py.", lock_config=True)
 flags.DEFINE_string("workdir", None, "The trained model's folder (its checkpoints and stats).")
 flags.DEFINE_integer("checkpoint_step", None, "The checkpoint to sample from; default the latest.")
 flags.DEFINE_integer("num_samples", 1000, "Samples per setting and seed.")

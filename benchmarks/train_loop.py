@@ -26,18 +26,18 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import configs  # noqa: E402  (the checkout's configs/, loaded by name or path)
 from ncsn_jax import cpu_runtime  # noqa: E402
 
 cpu_runtime.exec_with_mimalloc()  # as main.py does; NCSN_JAX_ALLOCATOR=system measures glibc's malloc
 
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 import timing  # noqa: E402  (benchmarks/timing.py, beside this script: not a package)
 from ncsn_jax import parallel, train  # noqa: E402
 
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mnist.py.", lock_config=False)
+configs.define_config_flag("config", None, "Config file, e.g. configs/mnist.py.", lock_config=False)
 flags.DEFINE_integer("steps", 300, "Measured steps of the loop, and of the bare step before and after it.")
 flags.DEFINE_integer("warmup_steps", None,
                      "Loop steps before the measurement (default: the first multiple of log_freq at or past "

@@ -19,6 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import configs  # noqa: E402  (the checkout's configs/, loaded by name or path)
 from ncsn_jax import cpu_runtime  # noqa: E402
 
 cpu_runtime.exec_with_mimalloc()  # as main.py does; NCSN_JAX_ALLOCATOR=system measures glibc's malloc
@@ -26,12 +27,11 @@ cpu_runtime.exec_with_mimalloc()  # as main.py does; NCSN_JAX_ALLOCATOR=system m
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 import timing  # noqa: E402  (benchmarks/timing.py, beside this script: not a package)
 from ncsn_jax import parallel, sampling, train  # noqa: E402
 
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/cifar10.py.", lock_config=True)
+configs.define_config_flag("config", None, "Config file, e.g. configs/cifar10.py.", lock_config=True)
 flags.DEFINE_integer("batch_size", 8, "Global images per step (divisible by the device count).")
 flags.DEFINE_integer("repeats", 5, "Timed calls after the warm-up call (median reported).")
 flags.DEFINE_integer("sampler_levels", 4, "Noise levels of the timed sampler run (T steps each).")

@@ -1,11 +1,11 @@
 """LSUN bedroom at 128×128 (resize the short side, centre crop): NCSNv2Deeper, σ1 = 190, L = 1086, T = 3,
 ε = 1.8e-6.
 
-    python main.py --config configs/bedroom.py --workdir runs/bedroom --mode train
+    python main.py --config bedroom --config.data.path=/path/to/lsun --mode train     # the workdir: runs/bedroom
 
-Paper: 150k steps at batch 128, about 52 h on 8 V100; samples only (no FID reported).
+Expect about 52 h on 8 V100 for the paper's 150k steps at batch 128; the paper shows samples only (no FID).
 """
-from configs.default import get_default_config
+from .default import get_default_config
 
 
 def get_config():

@@ -1,11 +1,12 @@
 """CelebA, 64×64 (centre crop 140, resize 64): NCSNv2, σ1 = 90, L = 500, T = 5, ε = 3.3e-6.
 
-    python main.py --config configs/celeba.py --workdir runs/celeba --mode train
+    python main.py --config celeba --mode train     # the workdir: runs/celeba
+    python main.py --config celeba --mode eval
 
-Paper: 210k steps at batch 128, about 29 h on 4 V100; FID 10.23 with denoising (10k samples against the
-test set; 28.86 without denoising).
+Expect about 29 h on 4 V100 for the paper's 210k steps at batch 128, and the paper's FID 10.23 with denoising
+(10k samples against the test set; 28.86 without denoising).
 """
-from configs.default import get_default_config
+from .default import get_default_config
 
 
 def get_config():

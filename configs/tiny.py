@@ -1,5 +1,8 @@
-"""A tiny NCSNv2 on 16×16 images for tests: seconds per step on a laptop CPU, meaningless samples."""
-from configs.default import get_default_config
+"""A tiny NCSNv2 on 16×16 images for tests: seconds per step on a laptop CPU, meaningless samples.
+
+    python main.py --config tiny --mode train     # 20 steps; the workdir: runs/tiny
+"""
+from .default import get_default_config
 
 
 def get_config():

@@ -1,20 +1,23 @@
 """The command line (`python main.py`, or the `ncsn-jax` command of the installed package).
 
-    ncsn-jax --config configs/cifar10.py --mode train     # the workdir: runs/cifar10 (--workdir to choose)
+    ncsn-jax --config cifar10 --mode train     # the workdir: runs/cifar10 (--workdir to choose)
 
-Parses the flags, starts multi-host JAX when asked, checks the config and dispatches by --mode to the
-library (train.train_and_evaluate, sample_modes, tune, evaluation.reference and evaluation.sweep, prepare).
+Parses the flags, starts multi-host JAX when asked, checks the config and dispatches by --mode through
+one table (`mode_table`) to the library (train.train_and_evaluate, sample_modes, tune, evaluation.reference
+and evaluation.sweep, prepare). --config names a shipped config or a file (see the `configs` package).
 This is the one place where errors become exit codes: a `UserError` (and a flag or config-file error)
 is printed as one `error: ...` line with exit code 1; anything else is a bug and keeps its traceback. A
 run stopped by SIGTERM or Ctrl-C after saving prints which step it saved, and exits with 0 or 130.
 """
 from __future__ import annotations
 
+import importlib
 import sys
 import traceback
-from typing import NoReturn
+from typing import Callable, NoReturn
 
 import jax
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -24,13 +27,65 @@ from ncsn_jax.errors import ConfigError, UserError, WorkdirError
 from ncsn_jax.stop_signals import StoppedBySignal
 from ncsn_jax.evaluation import reference, sweep
 
-MODES = ("train", *sample_modes.MODES, "tune", "stats", "eval", "prepare")
-# The modes that read or write no workdir; every other mode defaults to runs/<config file name>.
+
+def _configs_package():
+    """The package of the shipped configs: `ncsn_jax.configs` installed, the checkout's `configs` folder
+    otherwise (importable from the repository root, where main.py runs)."""
+    try:
+        return importlib.import_module("ncsn_jax.configs")
+    except ModuleNotFoundError as error:
+        if error.name != "ncsn_jax.configs":
+            raise
+        return importlib.import_module("configs")
+
+
+configs = _configs_package()
+
+# What --mode runs: a function of the checked config and the workdir (None for a mode that needs none).
+Mode = Callable[[ml_collections.ConfigDict, "str | None"], object]
+
+
+def tune_and_report(config: ml_collections.ConfigDict, workdir: str | None) -> None:
+    """--mode tune: prints σ1, L and ε computed from the config's training data (no workdir)."""
+    print(tune.report(tune.tune(config), config))
+
+
+def prepare_data(config: ml_collections.ConfigDict, workdir: str | None) -> None:
+    """--mode prepare: builds the config's missing TFDS dataset, or says what its data needs (no workdir)."""
+    print(prepare.prepare(config))
+
+
+def mode_table(checkpoint_step: int | None = None, official_checkpoint: str | None = None) -> dict[str, Mode]:
+    """Every --mode and what it runs.
+
+    Args:
+      checkpoint_step: --checkpoint_step, the checkpoint that the sampling modes and eval read (None: the
+        latest; eval: all).
+      official_checkpoint: --official_checkpoint, an official PyTorch checkpoint for the sampling modes.
+    """
+    def sampling_mode(mode: str) -> Mode:
+        return lambda config, workdir: sample_modes.run_mode(config, workdir, mode, checkpoint_step,
+                                                             official_checkpoint)
+
+    return {
+        "train": train.train_and_evaluate,
+        **{mode: sampling_mode(mode) for mode in sample_modes.MODES},
+        "tune": tune_and_report,
+        "stats": reference.run_stats,
+        "eval": lambda config, workdir: sweep.run_eval(config, workdir, checkpoint_step),
+        "prepare": prepare_data,
+    }
+
+
+MODES = tuple(mode_table())
+# The modes that read or write no workdir; every other mode defaults to runs/<config name>.
 NO_WORKDIR_MODES = ("tune", "prepare")
 
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/cifar10.py.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and images (default: runs/<the config file's name "
-                    "without .py>, e.g. runs/celeba, under the current folder).")
+configs.define_config_flag("config", None, "The config: a name the package ships (e.g. mnist, cifar10; a "
+                           "wrong name lists them) or a config file's path (e.g. configs/cifar10.py). "
+                           "--config.<field>=<value> overrides one of its values.")
+flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and images (default: runs/<the config's name>, "
+                    "e.g. runs/celeba for --config celeba or configs/celeba.py, under the current folder).")
 flags.DEFINE_enum("mode", "train", MODES, "What to do. prepare: build the config's missing TFDS dataset (needs "
                   'network and pip install "ncsn-jax[prepare]"), or say what the dataset needs.')
 flags.DEFINE_integer("checkpoint_step", None,
@@ -62,12 +117,12 @@ def check_workdir(workdir: str) -> None:
 
 
 def resolve_workdir(workdir: str | None, mode: str, config_file: str) -> str | None:
-    """`workdir` (--workdir), or for a mode that needs one, runs/<config file name without .py>, which it logs.
+    """`workdir` (--workdir), or for a mode that needs one, runs/<config name>, which it logs.
 
     Args:
       workdir: --workdir, or None when not given.
       mode: --mode.
-      config_file: --config's file, e.g. configs/celeba.py (default: runs/celeba).
+      config_file: --config, e.g. celeba or configs/celeba.py (default for both: runs/celeba).
 
     Returns:
       The workdir to use; None for a mode that needs none (tune, prepare) when none was given.
@@ -81,26 +136,14 @@ def resolve_workdir(workdir: str | None, mode: str, config_file: str) -> str | N
 
 def run(config, workdir: str | None, mode: str, checkpoint_step: int | None = None,
         official_checkpoint: str | None = None) -> None:
-    """Checks the config and the workdir, then does what `mode` says."""
+    """Checks the config and the workdir, then does what `mode` says (see `mode_table`)."""
     config_checks.check_config(config)
-    if mode == "tune":
-        tuned = tune.tune(config)
-        print(tune.report(tuned, config))
-        return
-    if mode == "prepare":
-        print(prepare.prepare(config))
-        return
-    if not workdir:
-        raise WorkdirError(f"--workdir is required for --mode {mode}")
-    check_workdir(workdir)
-    if mode == "train":
-        train.train_and_evaluate(config, workdir)
-    elif mode == "stats":
-        reference.run_stats(config, workdir)
-    elif mode == "eval":
-        sweep.run_eval(config, workdir, checkpoint_step)
-    else:
-        sample_modes.run_mode(config, workdir, mode, checkpoint_step, official_checkpoint)
+    run_mode = mode_table(checkpoint_step, official_checkpoint)[mode]
+    if mode not in NO_WORKDIR_MODES:
+        if not workdir:
+            raise WorkdirError(f"--workdir is required for --mode {mode}")
+        check_workdir(workdir)
+    run_mode(config, workdir)
 
 
 def fail(message: str) -> NoReturn:
@@ -116,14 +159,14 @@ def fail(message: str) -> NoReturn:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with a bad flag, config file or config override reported as one line.
+    """absl's flag parsing, with a bad flag, config or config override reported as one line.
 
-    The config file is loaded here (ml_collections loads it when first read), so that a missing one is
-    reported before anything starts.
+    The config is loaded here, so that one that cannot be loaded is reported before anything starts.
     """
     try:
         remaining = FLAGS(argv)
-        FLAGS.config.keys()  # a config file that failed to load raises at its first attribute
+    except UserError as error:  # a config that cannot be loaded (configs.load)
+        fail(str(error))
     except flags.Error as error:
         fail(f"{error}. See --helpfull.")
     except AttributeError as error:
@@ -132,11 +175,6 @@ def parse_flags(argv: list[str]) -> list[str]:
         if not (error.args and isinstance(error.args[0], KeyError)):
             raise
         fail(f"a --config.* override names a field that the config does not have: {error.args[0].args[0]}")
-    except OSError as error:
-        if "Failed loading config file" not in str(error):
-            raise
-        # Its message ends with the reason, e.g. "[Errno 2] No such file or directory: 'configs/nope.py'".
-        fail(f"--config: {str(error).strip().splitlines()[-1].strip()}")
     return remaining
 
 
@@ -177,6 +215,7 @@ def main(argv: list[str]) -> None:
 
 
 def run_cli() -> None:
-    """The console entry point: restarts with mimalloc on Linux (see `cpu_runtime`), then runs `main`."""
+    """The program (main.py; the `ncsn-jax` command through ncsn_jax/__main__.py): restarts with mimalloc on
+    Linux (see `cpu_runtime`), unless its entry point has already, then runs `main`."""
     cpu_runtime.exec_with_mimalloc()
     app.run(main, flags_parser=parse_flags)

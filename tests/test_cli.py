@@ -9,9 +9,13 @@ import sys
 
 import jax
 import pytest
+from ml_collections import config_flags
 
-from ncsn_jax import checkpoints, cli, train_state
+import configs
+from configs import mnist
+from ncsn_jax import checkpoints, cli, prepare, sample_modes, train, train_state, tune
 from ncsn_jax.errors import UserError, WorkdirError
+from ncsn_jax.evaluation import reference, sweep
 from tests.test_main import REPO, command, tiny_mnist
 
 
@@ -33,6 +37,95 @@ def assert_one_error_line(result, *fragments):
 def test_a_missing_config_file(tmp_path):
     result = run_args(["--config", "configs/nope.py", "--workdir", str(tmp_path), "--mode", "train"])
     assert_one_error_line(result, "--config", "No such file or directory", "configs/nope.py")
+
+
+def parsed_config(monkeypatch, *args):
+    """--config as main.py parses `args`: the config, and the name that the default workdir is made of."""
+    argv = ["main.py", *args]
+    monkeypatch.setattr(sys, "argv", argv)  # ml_collections reads the --config.* overrides from sys.argv
+    cli.FLAGS(argv)
+    try:
+        return cli.FLAGS.config, config_flags.get_config_filename(cli.FLAGS["config"])
+    finally:
+        cli.FLAGS.unparse_flags()
+        for override in [name for name in cli.FLAGS if name.startswith("config.")]:
+            delattr(cli.FLAGS, override)  # each parse defines its overrides' flags anew
+
+
+@pytest.mark.parametrize("argument", ["mnist", "configs/mnist.py", str(REPO / "configs" / "mnist.py")])
+def test_a_config_by_name_or_by_path_is_the_shipped_config(monkeypatch, argument):
+    config, config_file = parsed_config(monkeypatch, "--config", argument, "--config.training.n_iters=7")
+    expected = mnist.get_config()
+    expected.training.n_iters = 7
+    assert config.to_dict() == expected.to_dict() and config.is_locked
+    assert config_file == argument and cli.resolve_workdir(None, "train", config_file) == "runs/mnist"
+
+
+def test_a_copy_of_a_shipped_config_elsewhere_loads_by_its_path(monkeypatch, tmp_path):
+    # Its relative imports reach the shipped configs, as they do from configs/.
+    (tmp_path / "my_tower.py").write_text((REPO / "configs" / "tower.py").read_text().replace(
+        'config.data.dataset = "tower"', 'config.data.dataset = "church_outdoor"'))
+    config, config_file = parsed_config(monkeypatch, "--config", str(tmp_path / "my_tower.py"))
+    assert config.data.dataset == "church_outdoor" and config.model.num_scales == 1086  # bedroom's ladder
+    assert cli.resolve_workdir(None, "sample", config_file) == "runs/my_tower"
+
+
+@pytest.mark.parametrize("content, fragments", [
+    (None, ["a folder, not a config file", "mnist, tiny"]),
+    ("def get_config(:\n", ["SyntaxError", "line 1"]),
+    ('"""Settings, but no get_config."""\nbatch_size = 8\n', ["defines no get_config()"]),
+    ("from .default import get_default_config\n\n\ndef get_config():\n    return get_default_config().nope\n",
+     ["get_config() failed", "AttributeError", "nope", "line 5"]),
+])
+def test_a_config_that_cannot_be_loaded_is_one_error_line_naming_the_file(tmp_path, content, fragments):
+    path = tmp_path / ("a_folder" if content is None else "bad.py")
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_text(content)
+    result = run_args(["--config", str(path), "--mode", "tune"])
+    assert_one_error_line(result, f"--config {path}: ", *fragments)
+
+
+def test_an_unknown_config_name_lists_the_shipped_ones():
+    result = run_args(["--config", "mnsit", "--mode", "tune"])
+    assert_one_error_line(result, "--config mnsit: no config of that name", ", ".join(configs.names()))
+    assert configs.names() == sorted(path.stem for path in (REPO / "configs").glob("*.py")
+                                     if path.stem not in ("__init__", "default"))
+
+
+def test_python_dash_m_runs_the_command_line_and_its_entry_module_imports_nothing_heavy():
+    # Worker processes started with "spawn" import the main script's module again: it must be cheap.
+    probe = ("import sys, ncsn_jax.__main__; "
+             "print([m for m in ('jax', 'flax', 'absl', 'ml_collections', 'ncsn_jax.cli') if m in sys.modules])")
+    imported = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert imported.stdout.strip() == "[]", imported.stderr[-3000:]
+    result = subprocess.run([sys.executable, "-m", "ncsn_jax", "--config", "configs/nope.py"], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert_one_error_line(result, "--config configs/nope.py: No such file or directory")
+
+
+def test_the_modes_are_the_tables_and_each_dispatches_to_its_entry_point(monkeypatch, tmp_path, capsys):
+    calls = []
+
+    def recorder(name, returns=None):
+        return lambda *args: calls.append((name, *args[1:])) or returns
+
+    monkeypatch.setattr(train, "train_and_evaluate", recorder("train"))
+    monkeypatch.setattr(sample_modes, "run_mode", recorder("run_mode"))
+    monkeypatch.setattr(reference, "run_stats", recorder("stats"))
+    monkeypatch.setattr(sweep, "run_eval", recorder("eval"))
+    monkeypatch.setattr(tune, "tune", recorder("tune", returns="tuned"))
+    monkeypatch.setattr(tune, "report", lambda tuned, config: f"report of {tuned}")
+    monkeypatch.setattr(prepare, "prepare", recorder("prepare", returns="prepared"))
+    assert cli.MODES == tuple(cli.mode_table()) and cli.FLAGS["mode"].parser.enum_values == list(cli.MODES)
+    workdir = str(tmp_path)
+    for mode in cli.MODES:
+        cli.run(tiny_mnist(), workdir, mode, checkpoint_step=3, official_checkpoint="official.pth")
+    assert calls == [("train", workdir), *[("run_mode", workdir, mode, 3, "official.pth")
+                                           for mode in sample_modes.MODES],
+                     ("tune",), ("stats", workdir), ("eval", workdir, 3), ("prepare",)]
+    assert capsys.readouterr().out == "report of tuned\nprepared\n"
 
 
 def test_a_misspelt_config_field(tmp_path):

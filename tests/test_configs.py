@@ -1,13 +1,17 @@
 """Each paper config holds the paper's values, and its L and ε agree with techniques 2 and 4."""
 import importlib
+import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import configs
 from ncsn_jax import schedule
 from ncsn_jax.models import get_model
+
+CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
 
 # The released ladders correspond to an overlap target of about 0.567 rather than the paper's 0.5.
 RELEASED_TARGET = 0.567
@@ -72,3 +76,10 @@ def test_config_builds_its_network(name):
     shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)), jnp.ones((1,)))
     count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes))
     assert count == PARAMETERS_AT_NGF_128[config.model.name]
+
+
+@pytest.mark.parametrize("name", configs.names())
+def test_a_config_is_the_same_by_name_and_by_path_and_its_docstring_gives_the_command(name):
+    by_path = configs.load(str(CONFIGS / f"{name}.py"))
+    assert configs.load(name).to_dict() == by_path.to_dict() == load(name).to_dict()
+    assert f"python main.py --config {name} " in importlib.import_module(f"configs.{name}").__doc__
