@@ -1,9 +1,11 @@
 """notebooks/sampling.ipynb runs top to bottom offline in a fresh python3 kernel: from our own checkpoint
 (its sample grid is the one --mode sample draws) and from an official PyTorch checkpoint through the
-converter, without the TFDS data its inpainting needs. Here the checkout stands for the installed package;
-tests/test_notebook_install.py installs the wheel as Colab does and runs the notebook on that."""
+converter, without the TFDS data its inpainting needs. Here the checkout stands for the installed package
+(`installed_layout`); tests/test_notebook_install.py installs the wheel as Colab does and runs the notebook
+on that."""
 import json
 import pathlib
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +22,18 @@ NOTEBOOK = REPO / "notebooks" / "sampling.ipynb"
 OFFICIAL_CHECKPOINT = REPO / "tests" / "data" / "official_checkpoint_ngf4.pth"
 
 
+def installed_layout(folder: pathlib.Path) -> pathlib.Path:
+    """The checkout's package laid out in `folder` as the wheel (or `pip install -e .`) installs it, by
+    symbolic links: ncsn_jax/ with configs/ inside it as ncsn_jax/configs. Returns `folder`."""
+    package = folder / "ncsn_jax"
+    package.mkdir(parents=True)
+    for entry in (REPO / "ncsn_jax").iterdir():
+        if entry.name != "__pycache__":
+            (package / entry.name).symlink_to(entry)
+    (package / "configs").symlink_to(REPO / "configs")
+    return folder
+
+
 def run_notebook(monkeypatch, params, kernel_name="python3", cwd=NOTEBOOK.parent):
     """Executes the notebook as Jupyter would (cwd notebooks/) on 4 fake CPU devices.
 
@@ -27,9 +41,9 @@ def run_notebook(monkeypatch, params, kernel_name="python3", cwd=NOTEBOOK.parent
     XLA_FLAGS, so every batch size in `params` must divide by 4.
 
     Args:
-      kernel_name: python3, the Python running the tests, which imports ncsn_jax and configs from the
-        checkout through PYTHONPATH as from an installed package; or another kernel spec, whose Python
-        imports only what is installed in it.
+      kernel_name: python3, the Python running the tests, which imports ncsn_jax (and ncsn_jax.configs)
+        from the checkout through PYTHONPATH, laid out as installed (`installed_layout`); or another kernel
+        spec, whose Python imports only what is installed in it.
       cwd: the kernel's working folder.
 
     Returns:
@@ -38,14 +52,15 @@ def run_notebook(monkeypatch, params, kernel_name="python3", cwd=NOTEBOOK.parent
     monkeypatch.setenv("NCSN_NOTEBOOK_PARAMS", json.dumps(params))
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    if kernel_name == "python3":
-        monkeypatch.setenv("PYTHONPATH", str(REPO))
-    else:
-        monkeypatch.delenv("PYTHONPATH", raising=False)
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(notebook, kernel_name=kernel_name, timeout=300, startup_timeout=120,
                                      resources={"metadata": {"path": str(cwd)}})
-    client.execute()  # raises CellExecutionError, with the traceback, at the first error output
+    with tempfile.TemporaryDirectory(prefix="ncsn_jax_installed_") as site:
+        if kernel_name == "python3":
+            monkeypatch.setenv("PYTHONPATH", str(installed_layout(pathlib.Path(site))))
+        else:
+            monkeypatch.delenv("PYTHONPATH", raising=False)
+        client.execute()  # raises CellExecutionError, with the traceback, at the first error output
     return {cell.id: cell for cell in notebook.cells}
 
 

@@ -27,7 +27,8 @@ KERNEL_NAME = "ncsn-jax-wheel"
 # What the venv's Python reports of its own packages.
 INSPECT_VENV = """
 import importlib.metadata, importlib.resources, importlib.util, json, re
-import configs, ncsn_jax
+import ncsn_jax
+from ncsn_jax import configs
 print(json.dumps({
     "distributions": sorted(re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower()
                             for d in importlib.metadata.distributions()),
@@ -36,7 +37,9 @@ print(json.dumps({
     "direct_url": json.loads(importlib.metadata.distribution("ncsn-jax").read_text("direct_url.json")),
     "extras": importlib.metadata.metadata("ncsn-jax").get_all("Provides-Extra"),
     "modules": [ncsn_jax.__file__, configs.__file__],
-    "configs": sorted(p.name for p in importlib.resources.files("configs").iterdir() if p.name.endswith(".py")),
+    "configs": sorted(p.name for p in importlib.resources.files("ncsn_jax.configs").iterdir()
+                      if p.name.endswith(".py")),
+    "top_level_configs": importlib.util.find_spec("configs") is not None,
 }))
 """
 
@@ -90,11 +93,16 @@ def wheel(tmp_path_factory):
     return path
 
 
-def test_wheel_carries_the_configs_and_the_digit_classifier(wheel):
+def test_wheel_carries_every_module_the_configs_and_the_digit_classifier(wheel):
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         classifier = archive.read("ncsn_jax/evaluation/digit_classifier.npz")
-    assert {f"configs/{config.name}" for config in (REPO / "configs").glob("*.py")} <= names
+    # Every package under ncsn_jax/ is found, a new one too; the configs/ folder is ncsn_jax.configs.
+    modules = {path.relative_to(REPO).as_posix() for path in (REPO / "ncsn_jax").rglob("*.py")
+               if "__pycache__" not in path.parts}
+    assert modules <= names, sorted(modules - names)
+    assert {f"ncsn_jax/configs/{config.name}" for config in (REPO / "configs").glob("*.py")} <= names
+    assert {name.split("/")[0] for name in names if ".dist-info/" not in name} == {"ncsn_jax"}
     assert classifier == (REPO / "ncsn_jax" / "evaluation" / "digit_classifier.npz").read_bytes()
 
 
@@ -121,6 +129,17 @@ def test_notebook_installs_the_wheel_without_tensorflow_and_samples(wheel, tmp_p
     assert "sampling" in venv_state["extras"]
     assert all(module.startswith(str(venv)) for module in venv_state["modules"]), venv_state["modules"]
     assert {"cifar10.py", "mnist.py", "default.py"} <= set(venv_state["configs"])
+    assert not venv_state["top_level_configs"]
+
+    # The installed command finds a config by name in the installed package, with its overrides; the
+    # config check is the first thing a mode does, so a wrong value ends there.
+    for args, message in ((["--config", "mnsit"], "no config of that name; the package's configs are bedroom"),
+                          (["--config", "mnist", "--config.model.name=unet", "--mode", "sample"],
+                           "config.model.name is 'unet'")):
+        result = subprocess.run([str(venv / "bin" / "ncsn-jax"), *args], cwd=colab, env=env, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        assert result.stderr.strip().splitlines()[-1].startswith("error: ") and message in result.stderr
 
     # Test scaffolding, not the user's install: a Jupyter kernel of the venv's Python.
     run([python, "-m", "pip", "install", "-q", "ipykernel"], env=env)
