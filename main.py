@@ -4,6 +4,9 @@
 
 The same program as the installed `ncsn-jax` command: the flags and the dispatch are in
 `ncsn_jax/cli.py`, the logic in the importable modules of `ncsn_jax`.
+
+Everything happens under `__main__`: the input pipeline's decoding worker processes are spawned, and a
+spawned process imports the program's main file (as `__mp_main__`), which must then cost nothing.
 """
 if __name__ == "__main__":
     # Before anything allocates: restart with mimalloc preloaded (ncsn_jax/cpu_runtime.py says why).
@@ -11,7 +14,6 @@ if __name__ == "__main__":
 
     cpu_runtime.exec_with_mimalloc()
 
-from ncsn_jax import cli  # noqa: E402
+    from ncsn_jax import cli
 
-if __name__ == "__main__":
     cli.run_cli()

@@ -45,6 +45,7 @@ def main(_):
         import tensorflow_datasets as tfds
 
         mocked = tfds.testing.mock_data(num_examples=FLAGS.mock_examples)
+        config.data.decode_processes = 0  # the mock is patched into this process only
     else:
         mocked = contextlib.nullcontext()
     with mocked:

@@ -69,6 +69,7 @@ def loop_steps_per_s(config, warmup_steps, steps):
         import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
         data = tfds.testing.mock_data(num_examples=max(1_000, 4 * training.batch_size))
+        config.data.decode_processes = 0  # the mock is patched into this process only
     with tempfile.TemporaryDirectory() as workdir, data:
         train.train_and_evaluate(config, workdir)
         with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:

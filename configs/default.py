@@ -16,10 +16,13 @@ def get_default_config() -> ml_collections.ConfigDict:
     data.image_size = 32
     data.channels = 3
     data.random_flip = True  # train split only
-    data.path = ""  # ffhq, image_folder, LSUN (LMDB or images): see ncsn_jax/datasets.py
+    data.path = ""  # ffhq, image_folder, LSUN (LMDB or images): see ncsn_jax/image_sources.py
     data.tfds_data_dir = config_dict.placeholder(str)  # None: TFDS's default, ~/tensorflow_datasets
     # Image files that fail to decode are skipped with a warning; more than this fraction of a split is an error.
     data.max_undecodable_fraction = 0.01
+    # Worker processes that decode images (not MNIST, which is in memory): None, one per core this process
+    # may use; 0, threads of the training process instead (where TFDS's mock data is patched in, as in tests).
+    data.decode_processes = config_dict.placeholder(int)
 
     config.model = model = ml_collections.ConfigDict()
     model.name = "ncsnv2"

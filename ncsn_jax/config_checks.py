@@ -86,6 +86,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if not 0 <= config.data.max_undecodable_fraction < 1:
         raise ConfigError(f"config.data.max_undecodable_fraction must lie in [0, 1), got "
                           f"{config.data.max_undecodable_fraction!r}")
+    if config.data.decode_processes is not None and config.data.decode_processes < 0:
+        raise ConfigError(f"config.data.decode_processes must be None (one per core), 0 (threads of this process) "
+                          f"or a number of processes, got {config.data.decode_processes!r}")
     if config.data.channels not in (1, 3):
         raise ConfigError(f"config.data.channels must be 1 or 3, got {config.data.channels!r}")
     if config.model.name not in MODELS:

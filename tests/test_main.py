@@ -104,6 +104,7 @@ def test_train_on_tfds_mock_data(tmp_path, dataset, size):
     config.training.snapshot_freq = 2
     config.training.snapshot_samples = 4
     config.sampling.batch_size = 4
+    config.data.decode_processes = 0  # the mock is patched into this process only
     with tfds.testing.mock_data(num_examples=32):
         state = train.train_and_evaluate(config, str(tmp_path))
     assert int(state.step) == 2 and (tmp_path / "samples" / "samples_0000002.png").exists()
