@@ -4,7 +4,7 @@
     python benchmarks/host_ceiling.py --configs cifar10 --cores 1 --steps 50 --out /tmp/h.json
 
 For each paper config (configs/cifar10.py, celeba, church, bedroom, tower, ffhq) at its per-host batch,
-the benchmark runs `train.train_and_evaluate` itself (the pipeline and its decoding threads, prefetch to
+the benchmark runs `train.train_and_evaluate` itself (the pipeline and its decoding processes, prefetch to
 the mesh, the per-step keys, the progress bar, the metrics and TensorBoard logs, the test loss every
 `eval_freq` steps, the checkpointer's preemption poll), with `train.train_step` and `train.eval_step`
 replaced by jitted functions of negligible cost that read every image of the batch (the sum of each image's
@@ -20,13 +20,13 @@ as TFDS's `celeb_a` (178×218 JPEGs), LSUN as the official LMDB (WebP, short sid
 Building the TFDS ones needs TensorFlow; nothing is downloaded.
 
 Each measurement runs in a fresh process pinned to `n` cores (`os.sched_setaffinity`), so that the
-pipeline's decoding pool, which has one thread per core the process may use (`ncsn_jax.datasets`), has
-`n` threads, and the loop's own thread, XLA and the decoders share those `n` cores as they would share a
-host's. Per config and core count it measures:
+pipeline starts `n` decoding worker processes (`config.data.decode_processes` left at its default: one per
+core the process may use; they inherit the pinning), and the loop's own thread, XLA and the decoders share
+those `n` cores as they would share a host's. Per config and core count it measures:
 
 - `loop`: the training loop over `--steps` steps after `--warmup_steps`: steps/s, images/s and the
-  process's CPU-seconds per step (all threads, `time.process_time`) between the first and the last timed
-  step call;
+  CPU-seconds per step between the first and the last timed step call, of the training process (all its
+  threads) and of its decoding processes (from /proc);
 - `loop_without_decoding`: the same loop fed one decoded batch again and again (the pipeline replaced):
   what the loop itself costs per step (`ms_per_step`), with the batch's host-to-device copy;
 - `pipeline`: `datasets.get_dataset` alone, images/s and CPU-seconds per image;
@@ -35,9 +35,10 @@ host's. Per config and core count it measures:
 
 The projection to an 8-core host fits Amdahl's law to the loop's images/s at 1 and 2 cores:
 serial fraction s = 2·T1/T2 − 1 (clipped to [0, 1]), ceiling = T1 / (s + (1 − s)/8); perfect scaling
-from 1 to 2 cores projects 8·T1, no scaling projects T1. On a machine that others share, a pinned core is
-not the process's alone, so `ceiling_images_per_s_8_cores_from_cpu_time` also projects from the images
-per CPU-second at 1 core (what a free core would do) with the same serial fraction.
+from 1 to 2 cores projects 8·T1, no scaling projects T1. A shared machine's load makes wall-clock scaling
+noisy, so `ceiling_images_per_s_8_cores_from_cpu_time` also projects from CPU time, which load barely
+changes: the training process is serial (at most one step per its CPU-seconds per step) and all of the
+work shares 8 cores (at most 8 steps per the total CPU-seconds per step); the ceiling is the lower bound.
 
 The H100's demand is one H100 at 50% of its dense bfloat16 peak (989 TFLOP/s) on the network's model
 FLOPs (`ncsn_jax.flops`), a training step counted as 3 forward passes:
@@ -92,6 +93,13 @@ def project_ceiling(images_per_s_1: float, images_per_s_2: float, cores: int = P
     """Images/s at `cores` cores by Amdahl's law fitted to the rates at 1 and 2 cores (see the docstring)."""
     serial = min(1.0, max(0.0, 2 * images_per_s_1 / images_per_s_2 - 1))
     return images_per_s_1 / (serial + (1 - serial) / cores)
+
+
+def project_from_cpu_time(batch_size: int, serial_cpu_s_per_step: float, total_cpu_s_per_step: float,
+                          cores: int = PROJECTED_CORES) -> float:
+    """Images/s at `cores` cores from CPU time: one step per serial (training-process) CPU-second per step
+    at most, and `cores` steps per total CPU-second per step at most (see the docstring)."""
+    return batch_size * min(1 / serial_cpu_s_per_step, cores / total_cpu_s_per_step)
 
 
 def paper_config(name: str, batch_size: int | None = None):
@@ -244,9 +252,22 @@ def make_data(name: str, config, root: pathlib.Path, num_images: int, ffhq_size:
 # ----------------------------------------------------------------------------- one measurement (a child)
 
 
-def _cpu_seconds() -> float:
+def _child_pids() -> list[int]:
+    """This process's live child processes (the decoding workers), from /proc."""
+    tasks = pathlib.Path(f"/proc/{os.getpid()}/task").iterdir()
+    return [int(pid) for task in tasks for pid in (task / "children").read_text().split()]
+
+
+def _cpu_seconds() -> np.ndarray:
+    """CPU-seconds so far of [this process (all its threads), its live child processes], from /proc:
+    `resource`'s RUSAGE_CHILDREN counts only children that have ended."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    children = 0.0
+    for pid in _child_pids():
+        with contextlib.suppress(OSError):  # a child that has just ended
+            fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            children += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return np.array([usage.ru_utime + usage.ru_stime, children])
 
 
 @contextlib.contextmanager
@@ -269,7 +290,7 @@ def cheap_steps(marks: list, losses: list):
         return {"loss": jnp.mean(batch[:, 0, 0, 0])}
 
     def timed_train_step(state, batch, rng):
-        marks.append((time.perf_counter(), _cpu_seconds()))
+        marks.append((time.perf_counter(), _cpu_seconds(), len(_child_pids())))
         if len(marks) == 1:  # compile the test loss now, not inside the timed window
             jax.block_until_ready(eval_step(state, batch, rng))
         state, metrics = train_step(state, batch, rng)
@@ -296,7 +317,7 @@ def run_loop(config, warmup_steps: int, steps: int, fixed_batch=None) -> dict:
         feed = mock.patch.object(datasets, "get_dataset", lambda *args, **kwargs: itertools.repeat(fixed_batch))
     with tempfile.TemporaryDirectory() as workdir, cheap_steps(marks, losses), feed:
         train.train_and_evaluate(config, workdir)
-    (wall_0, cpu_0), (wall_1, cpu_1) = marks[warmup_steps], marks[warmup_steps + steps]
+    (wall_0, cpu_0, _), (wall_1, cpu_1, children) = marks[warmup_steps], marks[warmup_steps + steps]
     seconds = wall_1 - wall_0
     evals = sum(1 for s in range(warmup_steps + 1, warmup_steps + steps + 1) if s % training.eval_freq == 0)
     logs = sum(1 for s in range(warmup_steps + 1, warmup_steps + steps + 1) if s % training.log_freq == 0)
@@ -309,8 +330,12 @@ def run_loop(config, warmup_steps: int, steps: int, fixed_batch=None) -> dict:
         "steps_per_s": steps / seconds,
         "images_per_s": steps * training.batch_size / seconds,
         "ms_per_step": 1e3 * seconds / steps,
-        "cpu_s_per_step": (cpu_1 - cpu_0) / steps,
-        "cores_busy": (cpu_1 - cpu_0) / seconds,  # CPU-seconds per second: how many cores it kept busy
+        "cpu_s_per_step": float(sum(cpu_1 - cpu_0)) / steps,  # the training process and its decoding workers
+        "training_process_cpu_s_per_step": float(cpu_1[0] - cpu_0[0]) / steps,
+        "decoding_processes_cpu_s_per_step": float(cpu_1[1] - cpu_0[1]) / steps,
+        "cores_busy": float(sum(cpu_1 - cpu_0)) / seconds,  # CPU-seconds per second: how many cores it kept busy
+        # the decoding workers at the window's end: the train split's, and the test split's after a test loss
+        "child_processes": children,
     }
 
 
@@ -324,7 +349,7 @@ def run_pipeline(config, batches: int) -> dict:
     wall_0, cpu_0 = time.perf_counter(), _cpu_seconds()
     for _ in range(batches):
         next(iterator)
-    seconds, cpu = time.perf_counter() - wall_0, _cpu_seconds() - cpu_0
+    seconds, cpu = time.perf_counter() - wall_0, float(sum(_cpu_seconds() - cpu_0))
     iterator.close()
     return {"images_per_s": batches * batch_size / seconds, "cpu_ms_per_image": 1e3 * cpu / (batches * batch_size)}
 
@@ -400,7 +425,7 @@ def measure(name: str, data_fields: dict, warmup_steps: int, steps: int, pipelin
     logging.set_verbosity(logging.WARNING)
     config = paper_config(name, batch_size)
     cores = len(os.sched_getaffinity(0))
-    result = {"cores": cores, "decoding_threads": min(32, cores), "batch_size": config.training.batch_size,
+    result = {"cores": cores, "decoding_processes": min(32, cores), "batch_size": config.training.batch_size,
               "load_average_before": os.getloadavg()[0]}
     if details:  # here, not in the driver, which then never starts JAX (accelerator.py holds the device)
         result["forward_flops_per_image"] = forward_flops_per_image(config)
@@ -512,10 +537,9 @@ def _summarise(row: dict, cores: Sequence[int]) -> None:
         row["ceiling_over_demand"] = ceiling / row["h100_demand_images_per_s"]
         row["at_least_twice_demand"] = ceiling >= 2 * row["h100_demand_images_per_s"]
         row["projection_rule"] = PROJECTION_RULE
-        # On a shared machine a pinned core is not the process's alone; its CPU time is what one free core
-        # would take: the same projection from images per CPU-second at 1 core.
-        per_cpu_second = row["batch_size"] / row["cpu_s_per_step_1_cores"]
-        row["ceiling_images_per_s_8_cores_from_cpu_time"] = project_ceiling(per_cpu_second, per_cpu_second * two / one)
+        loop = row[f"cores_{max(cores)}"]["loop"]
+        row["ceiling_images_per_s_8_cores_from_cpu_time"] = project_from_cpu_time(
+            row["batch_size"], loop["training_process_cpu_s_per_step"], loop["cpu_s_per_step"])
 
 
 def format_row(row: dict) -> str:

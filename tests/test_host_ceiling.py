@@ -30,6 +30,13 @@ def test_projection_is_amdahls_law_through_the_two_measurements():
     assert host_ceiling.project_ceiling(100.0, 150.0) == pytest.approx(100.0 / (1 / 3 + 2 / 3 / 8))
 
 
+def test_projection_from_cpu_time_is_the_lower_of_the_serial_and_the_shared_bound():
+    # 128 images a step; the training process 2 ms a step, 20 ms in all: 8 cores do 8 / 20 ms = 400
+    # steps/s, under the serial 500; with 4 ms serial out of 20, the serial bound (250) binds.
+    assert host_ceiling.project_from_cpu_time(128, 0.002, 0.020) == pytest.approx(128 * 400)
+    assert host_ceiling.project_from_cpu_time(128, 0.004, 0.020) == pytest.approx(128 * 250)
+
+
 def test_host_ceiling_runs_the_loop_on_its_data_and_writes_the_fields(tmp_path):
     cores = "1,2" if len(os.sched_getaffinity(0)) >= 2 else "1"
     out = tmp_path / "host_ceiling.json"
@@ -55,8 +62,11 @@ def test_host_ceiling_runs_the_loop_on_its_data_and_writes_the_fields(tmp_path):
 
     for n in map(int, cores.split(",")):
         measured = row[f"cores_{n}"]
-        assert measured["cores"] == measured["decoding_threads"] == n  # the pool has a thread per pinned core
+        assert measured["cores"] == measured["decoding_processes"] == n  # a decoding process per pinned core
         loop = measured["loop"]
+        # they were there (the train split's, and the test split's once a test loss has been computed) and
+        # did the decoding
+        assert loop["child_processes"] in (n, 2 * n) and loop["decoding_processes_cpu_s_per_step"] > 0
         # the loop called the step once per step it ran, and fed it a new batch each time
         assert loop["step_calls"] == WARMUP + STEPS + 1
         assert loop["distinct_batches"] >= STEPS
@@ -73,3 +83,6 @@ def test_host_ceiling_runs_the_loop_on_its_data_and_writes_the_fields(tmp_path):
         assert row["ceiling_images_per_s_8_cores"] == pytest.approx(ceiling)
         assert row["ceiling_over_demand"] == pytest.approx(ceiling / row["h100_demand_images_per_s"])
         assert row["at_least_twice_demand"] == (ceiling >= 2 * row["h100_demand_images_per_s"])
+        loop = row["cores_2"]["loop"]
+        assert row["ceiling_images_per_s_8_cores_from_cpu_time"] == pytest.approx(host_ceiling.project_from_cpu_time(
+            BATCH, loop["training_process_cpu_s_per_step"], loop["cpu_s_per_step"]))
