@@ -46,8 +46,8 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import configs  # noqa: E402  (the checkout's configs/, loaded by name or path)
-from ncsn_jax import (datasets, images, losses, parallel, sampling_methods, sharded_sampling, train,  # noqa: E402
-                      train_state)
+from ncsn_jax import (config_checks, datasets, images, losses, parallel, sampling_methods,  # noqa: E402
+                      sharded_sampling, train, train_state)
 from ncsn_jax.evaluation import features, reference, sweep  # noqa: E402
 from ncsn_jax.models import get_model  # noqa: E402
 from ncsn_jax.score import get_score_fn  # noqa: E402
@@ -175,7 +175,7 @@ def main(_):
     settings = ml_collections.ConfigDict(config.sampling.to_dict())
     settings.method, settings.n_steps_each, settings.batch_size = FLAGS.method, FLAGS.n_steps_each, FLAGS.sample_batch
     settings.step_lr = FLAGS.step_lr_scale * sampling_methods.technique4_step_lr(np.asarray(ladder), FLAGS.n_steps_each)
-    sampling_methods.check_settings(settings, np.asarray(ladder))
+    config_checks.check_sampling(settings, np.asarray(ladder))
     extractor = features.feature_extractor(config)
     start = time.perf_counter()
     statistics = reference.dataset_statistics(config, extractor, config.eval.stats_split, progress_bar=False)

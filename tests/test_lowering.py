@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import pytest
 
 from configs import tiny
-from ncsn_jax import parallel, sampling, sampling_methods, sharded_sampling, train, train_state
+from ncsn_jax import config_checks, parallel, sampling, sampling_methods, sharded_sampling, train, train_state
 from ncsn_jax.evaluation import digits, inception
 
 PLATFORMS = ("cuda", "tpu")
@@ -172,7 +172,7 @@ def test_train_step(network, dtype, abstract_states, mesh, key):
 def _sampling_settings(network: str, method: str):
     settings = tiny_config(network).sampling.copy_and_resolve_references()
     settings.method = method
-    sampling_methods.check_settings(settings, train_state.noise_levels(tiny_config(network)))
+    config_checks.check_sampling(settings, train_state.noise_levels(tiny_config(network)))
     return settings
 
 
