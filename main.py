@@ -9,8 +9,8 @@ Everything happens under `__main__`: the input pipeline's decoding worker proces
 spawned process imports the program's main file (as `__mp_main__`), which must then cost nothing.
 """
 if __name__ == "__main__":
-    # Before anything allocates: restart with mimalloc preloaded (ncsn_jax/cpu_runtime.py says why).
-    from ncsn_jax import cpu_runtime
+    # Before anything allocates: restart with mimalloc preloaded (ncsn_jax/runtime/cpu_runtime.py says why).
+    from ncsn_jax.runtime import cpu_runtime
 
     cpu_runtime.exec_with_mimalloc()
 

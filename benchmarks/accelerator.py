@@ -43,7 +43,8 @@ from absl import app, flags  # noqa: E402
 import host_ceiling  # noqa: E402  (benchmarks/host_ceiling.py and timing.py, beside this script)
 import timing  # noqa: E402
 import configs  # noqa: E402  (the checkout's configs/, loaded by name or path)
-from ncsn_jax import parallel, sampling, train  # noqa: E402
+from ncsn_jax import sampling, train  # noqa: E402
+from ncsn_jax.runtime import data_parallel  # noqa: E402
 
 configs.define_config_flag("config", "cifar10", "A config's name or file, e.g. configs/tiny.py.", lock_config=False)
 flags.DEFINE_integer("batch_per_device", None, "Training images per device per step (default: the config's "
@@ -132,7 +133,7 @@ def measure_sampler(state, config, mesh):
     batch = FLAGS.sampling_batch_per_device * devices
     size, channels = config.data.image_size, config.data.channels
     x_init = jax.device_put(jax.random.uniform(jax.random.key(3), (batch, size, size, channels)),
-                            parallel.batch_sharding(mesh))
+                            data_parallel.batch_sharding(mesh))
     sigmas = state.sigmas
     levels = sigmas[:: max(1, sigmas.shape[0] // FLAGS.sampler_levels)][: FLAGS.sampler_levels]
     n_steps = config.sampling.n_steps_each
@@ -155,7 +156,7 @@ def main(_):
     host_loop = None
     if FLAGS.loop_steps:
         host_loop = measure_host_loop(FLAGS["config"].config_filename, config.training.batch_size)
-    mesh = parallel.data_mesh()
+    mesh = data_parallel.data_mesh()
     devices = mesh.devices.size
     device_kind = jax.devices()[0].device_kind
     result = {

@@ -46,8 +46,9 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import configs  # noqa: E402  (the checkout's configs/, loaded by name or path)
-from ncsn_jax import (config_checks, datasets, images, losses, parallel, sampling_methods,  # noqa: E402
-                      sharded_sampling, train, train_state)
+from ncsn_jax import (config_checks, datasets, images, losses, sampling_methods, sharded_sampling, train,  # noqa: E402
+                      train_state)
+from ncsn_jax.runtime import data_parallel  # noqa: E402
 from ncsn_jax.evaluation import features, reference, sweep  # noqa: E402
 from ncsn_jax.models import get_model  # noqa: E402
 from ncsn_jax.score import get_score_fn  # noqa: E402
@@ -83,7 +84,7 @@ def train_run(config: ml_collections.ConfigDict, dtype: str, seed: int,
     config = with_dtype(config, dtype)
     config.seed = seed  # the batch order of datasets.get_dataset
     state = train_state.init_train_state(config, jax.random.key(INIT_SEED), mesh)
-    batches = parallel.prefetch_to_mesh(datasets.get_dataset(config, "train", config.training.batch_size), mesh)
+    batches = data_parallel.prefetch_to_mesh(datasets.get_dataset(config, "train", config.training.batch_size), mesh)
     step_key = jax.random.key(seed)
     step_losses = []
     for step in range(FLAGS.steps):
@@ -129,7 +130,7 @@ def main(_):
     if not 1 <= FLAGS.bf16_sample_seeds <= FLAGS.sample_seeds:
         raise app.UsageError("--bf16_sample_seeds must be between 1 and --sample_seeds: each is paired with the "
                              "float32 seed of its index")
-    mesh = parallel.data_mesh()
+    mesh = data_parallel.data_mesh()
     report = {"config": {"dataset": config.data.dataset, "model": config.model.name, "ngf": config.model.ngf,
                          "batch_size": config.training.batch_size, "lr": config.optim.lr,
                          "ema_rate": config.model.ema_rate, "num_scales": config.model.num_scales},

@@ -567,7 +567,7 @@ def main(argv=None) -> None:
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        from ncsn_jax import cpu_runtime
+        from ncsn_jax.runtime import cpu_runtime
 
         cpu_runtime.exec_with_mimalloc()  # as main.py starts a run
         spec = json.loads(args.child)

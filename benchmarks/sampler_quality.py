@@ -37,8 +37,8 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import configs  # noqa: E402  (the checkout's configs/, loaded by name or path)
-from ncsn_jax import (config_checks, images, parallel, sampling_methods, schedule, sharded_sampling,  # noqa: E402
-                      weights)
+from ncsn_jax import config_checks, images, sampling_methods, schedule, sharded_sampling, weights  # noqa: E402
+from ncsn_jax.runtime import data_parallel  # noqa: E402
 from ncsn_jax.evaluation import features, reference, sweep  # noqa: E402
 from tests import gaussian_mixture  # noqa: E402
 
@@ -236,7 +236,7 @@ def main(_):
         title, rows = merge_reports(reports)
         write_report(rows, rows[0]["metric"], title, reports[0]["num_samples"])
         return
-    mesh = parallel.data_mesh()
+    mesh = data_parallel.data_mesh()
     if FLAGS.mixture:
         sigmas = mixture_ladder()
         score_fn, image_shape = gaussian_mixture.score, gaussian_mixture.IMAGE_SHAPE

@@ -4,7 +4,8 @@ import time
 
 import jax
 
-from ncsn_jax import parallel, train_state
+from ncsn_jax import train_state
+from ncsn_jax.runtime import data_parallel
 
 
 def training_inputs(config, mesh, batch_size):
@@ -12,7 +13,7 @@ def training_inputs(config, mesh, batch_size):
     size, channels = config.data.image_size, config.data.channels
     state = train_state.init_train_state(config, jax.random.key(0), mesh)
     batch = jax.device_put(jax.random.uniform(jax.random.key(1), (batch_size, size, size, channels)),
-                           parallel.batch_sharding(mesh))
+                           data_parallel.batch_sharding(mesh))
     return state, batch, jax.random.key(2)
 
 

@@ -27,7 +27,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import configs  # noqa: E402  (the checkout's configs/, loaded by name or path)
-from ncsn_jax import cpu_runtime  # noqa: E402
+from ncsn_jax.runtime import cpu_runtime  # noqa: E402
 
 cpu_runtime.exec_with_mimalloc()  # as main.py does; NCSN_JAX_ALLOCATOR=system measures glibc's malloc
 
@@ -35,7 +35,8 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 import timing  # noqa: E402  (benchmarks/timing.py, beside this script: not a package)
-from ncsn_jax import parallel, train  # noqa: E402
+from ncsn_jax import train  # noqa: E402
+from ncsn_jax.runtime import data_parallel  # noqa: E402
 
 configs.define_config_flag("config", None, "Config file, e.g. configs/mnist.py.", lock_config=False)
 flags.DEFINE_integer("steps", 300, "Measured steps of the loop, and of the bare step before and after it.")
@@ -48,7 +49,7 @@ FLAGS = flags.FLAGS
 
 
 def bare_steps_per_s(config, steps):
-    state, batch, step_key = timing.training_inputs(config, parallel.data_mesh(), config.training.batch_size)
+    state, batch, step_key = timing.training_inputs(config, data_parallel.data_mesh(), config.training.batch_size)
     for step in range(2):  # compilation, then the first run's allocations
         state, metrics = train.train_step(state, batch, jax.random.fold_in(step_key, step))
     jax.block_until_ready(metrics)

@@ -8,7 +8,7 @@ all devices as in training; training throughput in images/s (in all and per devi
 in score evaluations per second (one image through the network = one evaluation), timed over a short
 annealed Langevin run; and peak memory (the accelerator's peak bytes in use, or the process's peak
 resident memory on CPU); and the minor page faults per training step (fresh pages the kernel had to
-supply: near 0 with the allocator main.py preloads, see ncsn_jax/cpu_runtime.py; `NCSN_JAX_ALLOCATOR=system`
+supply: near 0 with the allocator main.py preloads, see ncsn_jax/runtime/cpu_runtime.py; `NCSN_JAX_ALLOCATOR=system`
 measures glibc's malloc instead). Config fields can be overridden as in main.py, e.g.
 `--config.model.dtype=bfloat16`.
 """
@@ -20,7 +20,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import configs  # noqa: E402  (the checkout's configs/, loaded by name or path)
-from ncsn_jax import cpu_runtime  # noqa: E402
+from ncsn_jax.runtime import cpu_runtime  # noqa: E402
 
 cpu_runtime.exec_with_mimalloc()  # as main.py does; NCSN_JAX_ALLOCATOR=system measures glibc's malloc
 
@@ -29,7 +29,8 @@ import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import timing  # noqa: E402  (benchmarks/timing.py, beside this script: not a package)
-from ncsn_jax import parallel, sampling, train  # noqa: E402
+from ncsn_jax import sampling, train  # noqa: E402
+from ncsn_jax.runtime import data_parallel  # noqa: E402
 
 configs.define_config_flag("config", None, "Config file, e.g. configs/cifar10.py.", lock_config=True)
 flags.DEFINE_integer("batch_size", 8, "Global images per step (divisible by the device count).")
@@ -50,13 +51,13 @@ def peak_memory_bytes():
 def main(_):
     config = FLAGS.config
     size, batch_size = config.data.image_size, FLAGS.batch_size
-    mesh = parallel.data_mesh()
-    parallel.per_host_batch_size(batch_size, mesh, "batch_size")
+    mesh = data_parallel.data_mesh()
+    data_parallel.per_host_batch_size(batch_size, mesh, "batch_size")
     state, batch, rng = timing.training_inputs(config, mesh, batch_size)
     compiled_step, train_compile_s = timing.compile_seconds(train.train_step, state, batch, rng)
 
     score = jax.jit(lambda score_fn, x, sigma: score_fn(x, sigma))
-    sigma = jax.device_put(jnp.full((batch_size,), config.model.sigma_end), parallel.batch_sharding(mesh))
+    sigma = jax.device_put(jnp.full((batch_size,), config.model.sigma_end), data_parallel.batch_sharding(mesh))
     compiled_score, score_compile_s = timing.compile_seconds(score, state.score_fn(), batch, sigma)
 
     faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -7,7 +7,7 @@ does every worker process that multiprocessing starts with "spawn" (each re-impo
 
 def main() -> None:
     """Restarts with mimalloc on Linux (see `cpu_runtime`) before anything allocates, then runs the command line."""
-    from ncsn_jax import cpu_runtime  # pylint: disable=import-outside-toplevel
+    from ncsn_jax.runtime import cpu_runtime  # pylint: disable=import-outside-toplevel
 
     cpu_runtime.exec_with_mimalloc()
     from ncsn_jax import cli  # pylint: disable=import-outside-toplevel

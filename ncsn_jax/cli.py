@@ -21,10 +21,10 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ncsn_jax import (checkpoints, config_checks, cpu_runtime, prepare, processes, run_files, sample_modes, train,
-                      tune)
+from ncsn_jax import checkpoints, config_checks, prepare, run_files, sample_modes, train, tune
+from ncsn_jax.runtime import cpu_runtime, processes
 from ncsn_jax.errors import ConfigError, UserError, WorkdirError
-from ncsn_jax.stop_signals import StoppedBySignal
+from ncsn_jax.runtime.stop_signals import StoppedBySignal
 from ncsn_jax.evaluation import reference, sweep
 
 

@@ -14,7 +14,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ncsn_jax import config_checks, datasets, images, parallel, run_files, sampling_methods, sharded_sampling, weights
+from ncsn_jax import config_checks, datasets, images, run_files, sampling_methods, sharded_sampling, weights
+from ncsn_jax.runtime import data_parallel
 from ncsn_jax.errors import DataError
 
 MODES = ("sample", "inpaint", "interpolate")
@@ -44,7 +45,7 @@ def run_mode(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     config_checks.check_mode(config.sampling, mode)  # before the weights are loaded
-    mesh = parallel.data_mesh()
+    mesh = data_parallel.data_mesh()
     state = weights.load_sampling_state(config, workdir, mesh, step, official_checkpoint)
     score_fn, sigmas, settings = state.score_fn(), state.sigmas, config.sampling
     label = f"step_{int(state.step)}" if not official_checkpoint else "official"

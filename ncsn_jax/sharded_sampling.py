@@ -20,7 +20,8 @@ import tqdm
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from ncsn_jax import parallel, sampling, sampling_methods
+from ncsn_jax import sampling, sampling_methods
+from ncsn_jax.runtime import data_parallel
 from ncsn_jax.score import ScoreFn
 
 ImageShape = tuple[int, int, int]
@@ -58,14 +59,14 @@ def sample_batches(
     the images an uninterrupted run would have.
     """
     batch = settings.batch_size
-    parallel.per_host_batch_size(batch, mesh, "sampling.batch_size")  # must divide over the devices
+    data_parallel.per_host_batch_size(batch, mesh, "sampling.batch_size")  # must divide over the devices
     levels, epsilon = sampling_methods.ladder_and_step_lr(sigmas, settings)
     shape = (batch, *image_shape)
     # Every batch is full, the last one trimmed afterwards: one shape, so the sampler compiles once.
     for index in range(first_batch, math.ceil(num_samples / batch)):
         batch_rng = jax.random.fold_in(rng, index)
         x_init = _sharded_initial_state(settings.method, jax.random.fold_in(batch_rng, 0), shape,
-                                        parallel.batch_sharding(mesh), sigmas[0])
+                                        data_parallel.batch_sharding(mesh), sigmas[0])
         samples = sampling_methods.run(score_fn, jax.random.fold_in(batch_rng, 1), x_init, levels, epsilon, settings)
         yield index, _gather(samples, min(batch, num_samples - index * batch))
 
@@ -128,7 +129,7 @@ def inpaint(
     count = repeated.shape[0]
     padded = _round_up(count, devices)
     repeated = np.concatenate([repeated, repeated[: padded - count]]) if padded > count else repeated
-    sharding = parallel.batch_sharding(mesh)
+    sharding = data_parallel.batch_sharding(mesh)
     reference = jax.device_put(repeated, sharding)
     x_init = _sharded_initial_state(settings.method, jax.random.fold_in(rng, 0), repeated.shape, sharding,
                                     sigmas[0])
@@ -166,7 +167,7 @@ def interpolate(
     noise = jax.random.normal(jax.random.fold_in(rng, 0), starts.shape)
     x_start = jnp.asarray(starts, jnp.float32) + sigmas[0] * noise
     x_init = jax.device_put(sampling.repeat_for_interpolation(x_start, n_interpolations),
-                            parallel.batch_sharding(mesh))
+                            data_parallel.batch_sharding(mesh))
     out = sampling.annealed_langevin_interpolation(
         score_fn, jax.random.fold_in(rng, 1), x_init, sigmas,
         n_steps_each=settings.n_steps_each, step_lr=settings.step_lr, n_interpolations=n_interpolations,

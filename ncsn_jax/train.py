@@ -19,11 +19,12 @@ import tqdm
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ncsn_jax import (checkpoints, datasets, images, losses, metric_logging, parallel, run_config, run_files,
-                      sharded_sampling, train_state)
+from ncsn_jax import (checkpoints, datasets, images, losses, metric_logging, run_config, run_files, sharded_sampling,
+                      train_state)
+from ncsn_jax.runtime import data_parallel
 from ncsn_jax.errors import NonFiniteLossError
 from ncsn_jax.score import get_score_fn
-from ncsn_jax.stop_signals import StopSignals, StoppedBySignal
+from ncsn_jax.runtime.stop_signals import StopSignals, StoppedBySignal
 from ncsn_jax.train_state import TrainState
 from ncsn_jax.workdir_lock import WorkdirLock
 
@@ -92,10 +93,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         be written (the earlier ones are kept).
     """
     training = config.training
-    mesh = parallel.data_mesh()
-    host_batch_size = parallel.per_host_batch_size(training.batch_size, mesh)
+    mesh = data_parallel.data_mesh()
+    host_batch_size = data_parallel.per_host_batch_size(training.batch_size, mesh)
     # Fails now rather than at the first snapshot.
-    parallel.per_host_batch_size(config.sampling.batch_size, mesh, "sampling.batch_size")
+    data_parallel.per_host_batch_size(config.sampling.batch_size, mesh, "sampling.batch_size")
     key = jax.random.key(config.seed)
     init_key, step_key, eval_key, sample_key = jax.random.split(key, 4)
     image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
@@ -141,10 +142,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         if grid_missed and training.snapshot_samples:
             draw_grid(start_step)
 
-        train_batches = parallel.prefetch_to_mesh(
+        train_batches = data_parallel.prefetch_to_mesh(
             datasets.get_dataset(config, "train", host_batch_size, start_step=start_step), mesh
         )
-        test_batches = parallel.prefetch_to_mesh(
+        test_batches = data_parallel.prefetch_to_mesh(
             datasets.get_dataset(config, "test", host_batch_size, start_step=start_step // training.eval_freq),
             mesh,
         )

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from ncsn_jax import cpu_runtime
+from ncsn_jax.runtime import cpu_runtime
 
 REPO = pathlib.Path(__file__).parent.parent
 
@@ -140,7 +140,7 @@ def test_exec_with_mimalloc_restarts_once_with_it_preloaded(monkeypatch, no_acce
 def test_a_restarted_program_runs_on_mimalloc(tmp_path):
     script = tmp_path / "entry.py"
     script.write_text(
-        "from ncsn_jax import cpu_runtime\n"
+        "from ncsn_jax.runtime import cpu_runtime\n"
         "cpu_runtime.exec_with_mimalloc()\n"
         "import numpy\n"
         "numpy.ones(10**7).sum()\n"

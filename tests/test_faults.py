@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ncsn_jax import checkpoints, parallel, run_config, train, train_state
+from ncsn_jax import checkpoints, run_config, train, train_state
+from ncsn_jax.runtime import data_parallel
 from ncsn_jax.errors import CheckpointMismatchError
 from tests.test_main import REPO, command, tiny_mnist
 
@@ -68,7 +69,7 @@ def test_resuming_with_another_input_size_or_ladder_is_refused_naming_each_field
     config = tiny_mnist()
     run_config.save(config, str(tmp_path))
     with checkpoints.Checkpointer(tmp_path / "checkpoints") as checkpointer:
-        checkpointer.save(3, train_state.init_train_state(config, jax.random.key(0), parallel.data_mesh()))
+        checkpointer.save(3, train_state.init_train_state(config, jax.random.key(0), data_parallel.data_mesh()))
 
     changed = tiny_mnist(**{"data.image_size": 8, "model.sigma_begin": 20.0})
     with pytest.raises(CheckpointMismatchError) as error:

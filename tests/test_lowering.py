@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import pytest
 
 from configs import tiny
-from ncsn_jax import config_checks, parallel, sampling, sampling_methods, sharded_sampling, train, train_state
+from ncsn_jax import config_checks, sampling, sampling_methods, sharded_sampling, train, train_state
+from ncsn_jax.runtime import data_parallel
 from ncsn_jax.evaluation import digits, inception
 
 PLATFORMS = ("cuda", "tpu")
@@ -130,7 +131,7 @@ def tiny_config(network: str, dtype: str = "float32"):
 
 @pytest.fixture(scope="module")
 def mesh():
-    return parallel.data_mesh()
+    return data_parallel.data_mesh()
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +164,7 @@ def score_fns(abstract_states):
 @pytest.mark.parametrize("network", NETWORKS)
 def test_train_step(network, dtype, abstract_states, mesh, key):
     image_shape = (BATCH, IMAGE_SIZE, IMAGE_SIZE, 3)
-    batch = jax.ShapeDtypeStruct(image_shape, jnp.float32, sharding=parallel.batch_sharding(mesh))
+    batch = jax.ShapeDtypeStruct(image_shape, jnp.float32, sharding=data_parallel.batch_sharding(mesh))
     exported = export(train.train_step, abstract_states[network, dtype], batch, key)
     check_lowered_for_accelerators(exported)
     assert exported.nr_devices == mesh.devices.size
@@ -186,7 +187,7 @@ def test_sample(network, method, score_fns, mesh, key):
 
     def draw_batch(score_fn, batch_key, sigmas, levels):  # one batch of sharded_sampling.sample_batches
         x_init = sharded_sampling._sharded_initial_state(
-            method, jax.random.fold_in(batch_key, 0), shape, parallel.batch_sharding(mesh), sigmas[0])
+            method, jax.random.fold_in(batch_key, 0), shape, data_parallel.batch_sharding(mesh), sigmas[0])
         return sampling_methods.run(score_fn, jax.random.fold_in(batch_key, 1), x_init, levels, epsilon, settings)
 
     exported = export(jax.jit(draw_batch), score_fns[network], key, sigmas, levels)
@@ -200,12 +201,12 @@ def test_inpaint(network, method, score_fns, mesh, key):
     settings = _sampling_settings(network, method)
     sigmas = train_state.noise_levels(tiny_config(network))
     shape = (BATCH, IMAGE_SIZE, IMAGE_SIZE, 3)
-    references = jax.ShapeDtypeStruct(shape, jnp.float32, sharding=parallel.batch_sharding(mesh))
+    references = jax.ShapeDtypeStruct(shape, jnp.float32, sharding=data_parallel.batch_sharding(mesh))
     mask = sharded_sampling.half_mask(IMAGE_SIZE, 3)
 
     def inpaint(score_fn, rng, references, mask, sigmas):  # the device work of sharded_sampling.inpaint
         x_init = sharded_sampling._sharded_initial_state(
-            method, jax.random.fold_in(rng, 0), shape, parallel.batch_sharding(mesh), sigmas[0])
+            method, jax.random.fold_in(rng, 0), shape, data_parallel.batch_sharding(mesh), sigmas[0])
         return sampling_methods.inpaint(score_fn, jax.random.fold_in(rng, 1), x_init, references, mask, sigmas,
                                         settings)
 
@@ -219,7 +220,7 @@ def test_interpolate(network, score_fns, mesh, key):
     settings = _sampling_settings(network, "ald")
     n_interpolations = 2
     x_init = jax.ShapeDtypeStruct((BATCH, IMAGE_SIZE, IMAGE_SIZE, 3), jnp.float32,
-                                  sharding=parallel.batch_sharding(mesh))
+                                  sharding=data_parallel.batch_sharding(mesh))
 
     def interpolate(score_fn, rng, x_init, sigmas):  # the sampler of sharded_sampling.interpolate
         return sampling.annealed_langevin_interpolation(

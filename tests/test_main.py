@@ -13,7 +13,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import mnist, tiny
-from ncsn_jax import checkpoints, cli, parallel, train, train_state
+from ncsn_jax import checkpoints, cli, train, train_state
+from ncsn_jax.runtime import data_parallel
 from ncsn_jax.errors import NonFiniteLossError
 
 REPO = pathlib.Path(__file__).parent.parent
@@ -49,7 +50,7 @@ def run_main(workdir, mode="train", devices=4, **overrides):
 
 
 def saved_params(workdir, step, config):
-    template = train_state.abstract_train_state(config, parallel.data_mesh())
+    template = train_state.abstract_train_state(config, data_parallel.data_mesh())
     with checkpoints.Checkpointer(pathlib.Path(workdir) / "checkpoints") as checkpointer:
         return checkpointer.restore(step, template)
 

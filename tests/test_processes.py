@@ -13,7 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from ncsn_jax import cli, processes
+from ncsn_jax import cli
+from ncsn_jax.runtime import processes
 from ncsn_jax.errors import ConfigError
 from tests.test_main import REPO, TINY_MNIST, saved_params, tiny_mnist
 
@@ -129,7 +130,7 @@ def test_a_missing_coordinator_or_process_ends_every_process_with_one_line(tmp_p
 # in JAX and its methods may move in any release: this fails fast where the two-process tests would hang).
 WATCHDOG_CLIENT = """
 import sys
-from ncsn_jax import processes
+from ncsn_jax.runtime import processes
 processes.start(sys.argv[1], 1, 0)
 watchdog = processes._Watchdog(heartbeat_timeout=10)
 client, key = watchdog._client, processes._KEY.format(0)

@@ -27,7 +27,8 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from ncsn_jax import checkpoints, images, parallel, run_files, sampling_methods, sharded_sampling, weights
+from ncsn_jax import checkpoints, images, run_files, sampling_methods, sharded_sampling, weights
+from ncsn_jax.runtime import data_parallel
 from ncsn_jax.errors import CheckpointNotFoundError, ConfigError
 from ncsn_jax.evaluation import metrics
 from ncsn_jax.evaluation.features import FeatureExtractor, feature_extractor
@@ -172,7 +173,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str, checkpoint_step: i
                 f"the reference statistics at {statistics_path(config, workdir)} have {reference.mu.shape[0]} "
                 f"features, but {extractor.name} gives {feature_dim}: recompute them with --mode stats and the "
                 "same config.eval.features")
-        mesh = parallel.data_mesh()
+        mesh = data_parallel.data_mesh()
         steps = steps_to_evaluate(weights.checkpoint_steps(workdir), config, checkpoint_step)
         eval_dir = run_files.eval_dir(workdir)
         results = {}
