@@ -16,7 +16,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from ncsn_jax import checkpoints, convert, run_files, train_state
+from ncsn_jax import checkpoints, run_files, train_state
+from ncsn_jax.official import convert
 from ncsn_jax.errors import CheckpointMismatchError, CheckpointNotFoundError, UnreadableCheckpointError
 from ncsn_jax.train_state import SamplingState
 

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ncsn_jax import convert, losses, sampling, schedule
+from ncsn_jax import losses, sampling, schedule
+from ncsn_jax.official import convert
 from ncsn_jax.models import NCSNv2
 from ncsn_jax.score import get_score_fn
 from tests.fixtures import nhwc, official_state_dict, reference

@@ -8,7 +8,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from ncsn_jax.torch_files import load_torch_file
+from ncsn_jax.official.torch_files import load_torch_file
 
 DATA = pathlib.Path(__file__).parent / "data"
 FORMATS = ("zip", "legacy")

@@ -32,7 +32,7 @@ import numpy as np
 
 from ncsn_jax import trees
 from ncsn_jax.errors import MissingWeightsError
-from ncsn_jax.torch_files import load_torch_file
+from ncsn_jax.official.torch_files import load_torch_file
 
 Variables = dict[str, Any]
 

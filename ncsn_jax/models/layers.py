@@ -2,7 +2,7 @@
 
 Every module that owns parameters carries the official module's name, so that an official state_dict
 key such as `refine2.adapt_convs.1.2_1_conv.weight` maps to the Flax path
-`refine2/adapt_convs_1/2_1_conv/kernel` by renaming alone (see `ncsn_jax.convert`).
+`refine2/adapt_convs_1/2_1_conv/kernel` by renaming alone (see `ncsn_jax.official.convert`).
 
 All modules take a `dtype` for the computation (float32 or bfloat16); parameters are always float32.
 Normalisation statistics are computed in float32 whatever the compute dtype.

@@ -6,7 +6,7 @@ The Flax modules carry the official module names, so the conversion is a renamin
   `res2.0.shortcut.conv.bias`            → `res2_0/shortcut/conv/bias`
   `res1.0.normalize1.alpha`              → `res1_0/normalize1/alpha`
 i.e. a list index joins the name before it with `_`. Neither the conversion nor reading the `.pth` file
-needs torch (see `ncsn_jax.torch_files`).
+needs torch (see `ncsn_jax.official.torch_files`).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 
 from ncsn_jax import trees
 from ncsn_jax.errors import CheckpointMismatchError
-from ncsn_jax.torch_files import load_torch_file
+from ncsn_jax.official.torch_files import load_torch_file
 
 Params = dict[str, Any]
 
