@@ -51,7 +51,7 @@ from ncsn_jax import (config_checks, datasets, images, losses, sampling_methods,
 from ncsn_jax.runtime import data_parallel  # noqa: E402
 from ncsn_jax.evaluation import features, reference, sweep  # noqa: E402
 from ncsn_jax.models import get_model  # noqa: E402
-from ncsn_jax.score import get_score_fn  # noqa: E402
+from ncsn_jax.models.score import get_score_fn  # noqa: E402
 
 configs.define_config_flag("config", None, "An MNIST config, e.g. configs/mnist.py.", lock_config=True)
 flags.DEFINE_integer("steps", 400, "Training steps of each run (at least 2).")

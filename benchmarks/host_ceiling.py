@@ -41,7 +41,7 @@ changes: the training process is serial (at most one step per its CPU-seconds pe
 work shares 8 cores (at most 8 steps per the total CPU-seconds per step); the ceiling is the lower bound.
 
 The H100's demand is one H100 at 50% of its dense bfloat16 peak (989 TFLOP/s) on the network's model
-FLOPs (`ncsn_jax.flops`), a training step counted as 3 forward passes:
+FLOPs (`ncsn_jax.models.flops`), a training step counted as 3 forward passes:
 images/s = 0.5 · 989e12 / (3 · forward FLOP per image).
 
 Writes `--out` (default benchmarks/results/host_ceiling.json): a list with one object per config, and
@@ -117,7 +117,7 @@ def forward_flops_per_image(config) -> float:
     import jax
     import jax.numpy as jnp
 
-    from ncsn_jax import flops
+    from ncsn_jax.models import flops
     from ncsn_jax.models import get_model
 
     model = get_model(config)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ncsn_jax.score import ScoreFn
+from ncsn_jax.models.score import ScoreFn
 
 
 def dsm_loss_given_noise(score_fn: ScoreFn, x: jax.Array, sigma: jax.Array, noise: jax.Array) -> jax.Array:

@@ -19,7 +19,7 @@ jit-compiled with `n_steps_each`, `keep_every`, `denoise` and `return_diagnostic
 and `step_lr` are traced, so a new ladder of the same length or a new ε reuses the compilation.
 
 `score_fn` is passed to the compiled program as a pytree: a `jax.tree_util.Partial` (what
-`ncsn_jax.score.get_score_fn` returns) has its arguments, the network parameters, traced, so one
+`ncsn_jax.models.score.get_score_fn` returns) has its arguments, the network parameters, traced, so one
 compilation serves every checkpoint of a network. A plain callable is keyed by identity, and whatever
 it closes over is compiled in as constants: fine for a closed-form score, wasteful for a network.
 """
@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from ncsn_jax.score import ScoreFn
+from ncsn_jax.models.score import ScoreFn
 
 _NoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
 _ConstrainFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
@@ -267,7 +267,7 @@ def annealed_langevin_dynamics(score_fn: ScoreFn, rng: jax.Array, x_init: ArrayL
     """Annealed Langevin dynamics (NCSNv2 Algorithm 1) with the optional final denoising step.
 
     Args:
-        score_fn: s(x, σ), see `ncsn_jax.score` and the module docstring.
+        score_fn: s(x, σ), see `ncsn_jax.models.score` and the module docstring.
         rng: PRNG key.
         x_init: (B, ...) initial state x0, e.g. `uniform_init` (official: U[0,1), NHWC).
         sigmas: (L,) noise levels σ1 > ... > σ_L (`sigma_begin` ... `sigma_end`).
@@ -348,7 +348,7 @@ def annealed_langevin_inpainting(score_fn: ScoreFn, rng: jax.Array, x_init: Arra
     right half of 32×32 RGB images; any mask and channel count work here.
 
     Args:
-        score_fn: s(x, σ), see `ncsn_jax.score` and the module docstring.
+        score_fn: s(x, σ), see `ncsn_jax.models.score` and the module docstring.
         rng: PRNG key.
         x_init: (B, ...) initial state, e.g. `uniform_init`.
         reference: images whose known pixels are kept, broadcastable to x_init's shape, [0, 1].
@@ -433,7 +433,7 @@ def annealed_langevin_interpolation(score_fn: ScoreFn, rng: jax.Array, x_init: A
     same state (`repeat_for_interpolation`) then gives samples that morph from column 0 to n − 1.
 
     Args:
-        score_fn: s(x, σ), see `ncsn_jax.score` and the module docstring.
+        score_fn: s(x, σ), see `ncsn_jax.models.score` and the module docstring.
         rng: PRNG key.
         x_init: (n_rows·n, ...) initial state, row-major; see `repeat_for_interpolation`.
         sigmas: (L,) noise levels, σ descending.

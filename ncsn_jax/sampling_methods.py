@@ -31,7 +31,7 @@ from jax.typing import ArrayLike
 
 from ncsn_jax import sampling, schedule, sde_sampling
 from ncsn_jax.errors import ConfigError
-from ncsn_jax.score import ScoreFn
+from ncsn_jax.models.score import ScoreFn
 
 
 def sub_ladder_indices(num_levels: int, stride: int) -> np.ndarray:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from ncsn_jax.sampling import SamplerOutput, denoise_step, jit_sampler
-from ncsn_jax.score import ScoreFn
+from ncsn_jax.models.score import ScoreFn
 
 
 def _per_example_norm(a: jax.Array) -> jax.Array:
@@ -42,7 +42,7 @@ def predictor_corrector(score_fn: ScoreFn, rng: jax.Array, x_init: ArrayLike, si
     """The VE SDE's predictor–corrector sampler over the ladder (see the module docstring).
 
     Args:
-        score_fn: s(x, σ), see `ncsn_jax.score`.
+        score_fn: s(x, σ), see `ncsn_jax.models.score`.
         rng: PRNG key.
         x_init: (B, ...) initial state, e.g. `sampling.prior_init`.
         sigmas: (L,) noise levels σ1 > ... > σL.
@@ -92,7 +92,7 @@ def probability_flow(score_fn: ScoreFn, x_init: ArrayLike, sigmas: ArrayLike,
     """The VE probability-flow ODE from σ1 to σL by Heun's method on the ladder (module docstring).
 
     Args:
-        score_fn: s(x, σ), see `ncsn_jax.score`; evaluated at the ladder's σ only.
+        score_fn: s(x, σ), see `ncsn_jax.models.score`; evaluated at the ladder's σ only.
         x_init: (B, ...) initial state at σ1, e.g. `sampling.prior_init`.
         sigmas: (L,) noise levels σ1 > ... > σL, L ≥ 2: the solver's grid.
         denoise: apply x ← x + σL²·s(x, σL) at the end; static.

@@ -22,7 +22,7 @@ from jax.sharding import Mesh
 
 from ncsn_jax import sampling, sampling_methods
 from ncsn_jax.runtime import data_parallel
-from ncsn_jax.score import ScoreFn
+from ncsn_jax.models.score import ScoreFn
 
 ImageShape = tuple[int, int, int]
 

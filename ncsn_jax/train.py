@@ -23,7 +23,7 @@ from ncsn_jax import (checkpoints, datasets, images, losses, metric_logging, run
                       train_state)
 from ncsn_jax.runtime import data_parallel
 from ncsn_jax.errors import NonFiniteLossError
-from ncsn_jax.score import get_score_fn
+from ncsn_jax.models.score import get_score_fn
 from ncsn_jax.runtime.stop_signals import StopSignals, StoppedBySignal
 from ncsn_jax.train_state import TrainState
 from ncsn_jax.workdir_lock import WorkdirLock

@@ -27,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ncsn_jax import schedule
 from ncsn_jax.models import get_model
-from ncsn_jax.score import ScoreFn, get_score_fn
+from ncsn_jax.models.score import ScoreFn, get_score_fn
 
 
 class TrainState(struct.PyTreeNode):

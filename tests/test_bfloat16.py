@@ -30,7 +30,7 @@ from jax.extend import core as jax_core
 from configs import tiny
 from ncsn_jax import sampling, sampling_methods, train, train_state
 from ncsn_jax.models import get_model, layers, ncsnv2
-from ncsn_jax.score import get_score_fn
+from ncsn_jax.models.score import get_score_fn
 
 BATCH = 2
 IMAGE_SHAPE = (16, 16, 3)

@@ -9,7 +9,7 @@ import pytest
 from ncsn_jax import losses, sampling, schedule
 from ncsn_jax.official import convert
 from ncsn_jax.models import NCSNv2
-from ncsn_jax.score import get_score_fn
+from ncsn_jax.models.score import get_score_fn
 from tests.fixtures import nhwc, official_state_dict, reference
 
 MODEL = NCSNv2(ngf=16)

@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from ncsn_jax import flops
+from ncsn_jax.models import flops
 from ncsn_jax.models import MODELS
 
 

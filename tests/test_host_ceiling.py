@@ -11,7 +11,7 @@ import pathlib
 import pytest
 
 from configs import cifar10
-from ncsn_jax import flops
+from ncsn_jax.models import flops
 from ncsn_jax.models import get_model
 
 REPO = pathlib.Path(__file__).parent.parent

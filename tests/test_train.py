@@ -8,7 +8,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from configs import tiny
 from ncsn_jax import losses, schedule, train, train_state
-from ncsn_jax.score import get_score_fn
+from ncsn_jax.models.score import get_score_fn
 
 
 def setup(**overrides):

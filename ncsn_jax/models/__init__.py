@@ -1,4 +1,5 @@
-"""Score networks of the NCSNv2 family, chosen by `config.model.name`."""
+"""Score networks of the NCSNv2 family, chosen by `config.model.name`: the networks (`ncsnv2`), their
+layers (`layers`, `ops`), the score function built from a network (`score`) and their FLOP count (`flops`)."""
 from __future__ import annotations
 
 import jax.numpy as jnp
