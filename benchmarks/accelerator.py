@@ -43,7 +43,8 @@ from absl import app, flags  # noqa: E402
 import host_ceiling  # noqa: E402  (benchmarks/host_ceiling.py and timing.py, beside this script)
 import timing  # noqa: E402
 import configs  # noqa: E402  (the checkout's configs/, loaded by name or path)
-from ncsn_jax import sampling, train  # noqa: E402
+from ncsn_jax import train  # noqa: E402
+from ncsn_jax.sampling import langevin  # noqa: E402
 from ncsn_jax.runtime import data_parallel  # noqa: E402
 
 configs.define_config_flag("config", "cifar10", "A config's name or file, e.g. configs/tiny.py.", lock_config=False)
@@ -139,7 +140,7 @@ def measure_sampler(state, config, mesh):
     n_steps = config.sampling.n_steps_each
 
     def run():
-        out = sampling.annealed_langevin_dynamics(
+        out = langevin.annealed_langevin_dynamics(
             state.score_fn(), jax.random.key(4), x_init, levels, n_steps_each=n_steps,
             step_lr=config.sampling.step_lr, denoise=True,
         )

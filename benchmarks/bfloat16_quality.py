@@ -46,8 +46,8 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import configs  # noqa: E402  (the checkout's configs/, loaded by name or path)
-from ncsn_jax import (config_checks, datasets, images, losses, sampling_methods, sharded_sampling, train,  # noqa: E402
-                      train_state)
+from ncsn_jax import config_checks, datasets, images, losses, train, train_state  # noqa: E402
+from ncsn_jax.sampling import methods, sharded  # noqa: E402
 from ncsn_jax.runtime import data_parallel  # noqa: E402
 from ncsn_jax.evaluation import features, reference, sweep  # noqa: E402
 from ncsn_jax.models import get_model  # noqa: E402
@@ -61,7 +61,7 @@ flags.DEFINE_integer("num_samples", 1000, "Samples per sampling seed.")
 flags.DEFINE_integer("sample_seeds", 3, "Float32 sampling seeds.")
 flags.DEFINE_integer("bf16_sample_seeds", 1, "Bfloat16 sampling seeds (the first float32 seeds' keys).")
 flags.DEFINE_integer("sample_batch", 250, "Samples per sampler call.")
-flags.DEFINE_string("method", "cas", "Sampler method (see ncsn_jax.sampling_methods).")
+flags.DEFINE_string("method", "cas", "Sampler method (see ncsn_jax.sampling.methods).")
 flags.DEFINE_integer("n_steps_each", 1, "T, sampler steps per level.")
 flags.DEFINE_float("step_lr_scale", 2.0, "ε as a multiple of technique 4's for the sampler's T.")
 flags.DEFINE_string("out", None, "The JSON report to write.")
@@ -175,13 +175,13 @@ def main(_):
     ladder = train_state.noise_levels(config)
     settings = ml_collections.ConfigDict(config.sampling.to_dict())
     settings.method, settings.n_steps_each, settings.batch_size = FLAGS.method, FLAGS.n_steps_each, FLAGS.sample_batch
-    settings.step_lr = FLAGS.step_lr_scale * sampling_methods.technique4_step_lr(np.asarray(ladder), FLAGS.n_steps_each)
+    settings.step_lr = FLAGS.step_lr_scale * methods.technique4_step_lr(np.asarray(ladder), FLAGS.n_steps_each)
     config_checks.check_sampling(settings, np.asarray(ladder))
     extractor = features.feature_extractor(config)
     start = time.perf_counter()
     statistics = reference.dataset_statistics(config, extractor, config.eval.stats_split, progress_bar=False)
     report["sampling"] = {"method": FLAGS.method, "n_steps_each": FLAGS.n_steps_each, "step_lr": settings.step_lr,
-                          "evaluations": sampling_methods.score_evaluations(len(ladder), settings),
+                          "evaluations": methods.score_evaluations(len(ladder), settings),
                           "num_samples": FLAGS.num_samples, "features": extractor.name,
                           "reference": f"{config.data.dataset} {config.eval.stats_split}",
                           "reference_seconds": time.perf_counter() - start, "runs": []}
@@ -193,8 +193,8 @@ def main(_):
         score_fn = get_score_fn(get_model(with_dtype(config, dtype)), checkpoint)
         rng = jax.random.fold_in(jax.random.key(config.seed), 1000 + seed)  # as benchmarks/sampler_quality.py
         start = time.perf_counter()
-        samples = sharded_sampling.draw_samples(score_fn, ladder, settings, image_shape, rng, FLAGS.num_samples,
-                                                mesh, progress_bar=False)
+        samples = sharded.draw_samples(score_fn, ladder, settings, image_shape, rng, FLAGS.num_samples,
+                                       mesh, progress_bar=False)
         seconds = time.perf_counter() - start
         found, logits = extractor.fn(images.to_8bit_levels(samples))
         fd = sweep.quality_metrics(found, logits, statistics, config)["fd"]

@@ -6,7 +6,7 @@
     python benchmarks/sampler_quality.py --mixture --out results/mixture
 
 For every setting of `--grid` (method, T, corrector steps, ladder stride, step size; see GRID) and every
-seed, draws `--num_samples` samples with the sampler of `ncsn_jax.sampling_methods`, and scores them:
+seed, draws `--num_samples` samples with the sampler of `ncsn_jax.sampling.methods`, and scores them:
   model    the Fréchet distance (`fd`) and Inception Score of the config's feature extractor, against the
            statistics of `--mode stats` (computed here when `<workdir>/stats` has none);
   mixture  the Wasserstein-1 distance (`w1`) between the samples' pixels and the mixture, computed
@@ -37,7 +37,8 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import configs  # noqa: E402  (the checkout's configs/, loaded by name or path)
-from ncsn_jax import config_checks, images, sampling_methods, schedule, sharded_sampling, weights  # noqa: E402
+from ncsn_jax import config_checks, images, schedule, weights  # noqa: E402
+from ncsn_jax.sampling import methods, sharded  # noqa: E402
 from ncsn_jax.runtime import data_parallel  # noqa: E402
 from ncsn_jax.evaluation import features, reference, sweep  # noqa: E402
 from tests import gaussian_mixture  # noqa: E402
@@ -159,8 +160,8 @@ def setting_config(base: ml_collections.ConfigDict, method: str, overrides: dict
     settings.update(overrides)
     if step_lr_scale != 1.0 and settings.ladder_stride > 1:  # the samplers re-derive ε on a sub-ladder
         raise ValueError("step_lr_scale needs ladder_stride 1: a sub-ladder's ε is always technique 4's")
-    levels = sampling_methods.ladder(sigmas, settings)
-    settings.step_lr = step_lr_scale * sampling_methods.technique4_step_lr(levels, settings.n_steps_each)
+    levels = methods.ladder(sigmas, settings)
+    settings.step_lr = step_lr_scale * methods.technique4_step_lr(levels, settings.n_steps_each)
     config_checks.check_sampling(settings, sigmas)
     return settings
 
@@ -173,7 +174,7 @@ def describe(method: str, settings: ml_collections.ConfigDict, overrides: dict) 
         shown["step_lr"] = f"ε×{overrides['step_lr_scale']:g}"
     if "snr" in overrides:
         shown["snr"] = f"snr={settings.snr:g}"
-    parts = [method, *(shown[field] for field in sampling_methods.get_method(method).settings if field in shown)]
+    parts = [method, *(shown[field] for field in methods.get_method(method).settings if field in shown)]
     if settings.ladder_stride > 1:
         parts.append(f"stride={settings.ladder_stride}")
     return " ".join(parts)
@@ -187,7 +188,7 @@ def plot(rows: list[dict], metric: str, title: str, path: str) -> None:
     low, high = min(reference_row["per_seed"]), max(reference_row["per_seed"])
     for axes in (overview, close_up):
         axes.axhspan(low, high, color="grey", alpha=0.25, label=f"{reference_row['setting']}: spread over the seeds")
-    markers = dict(zip(sampling_methods.METHODS, "osD^"))
+    markers = dict(zip(methods.METHODS, "osD^"))
     for method, marker in markers.items():
         mine = [row for row in rows if row["method"] == method]
         if not mine:
@@ -282,13 +283,13 @@ def main(_):
         for index in seed_indices:
             rng = jax.random.fold_in(jax.random.key(seed), 1000 + index)
             start = time.perf_counter()
-            samples = sharded_sampling.draw_samples(score_fn, jnp.asarray(sigmas, jnp.float32), settings,
-                                                    image_shape, rng, FLAGS.num_samples, mesh, progress_bar=False)
+            samples = sharded.draw_samples(score_fn, jnp.asarray(sigmas, jnp.float32), settings,
+                                           image_shape, rng, FLAGS.num_samples, mesh, progress_bar=False)
             seconds = time.perf_counter() - start  # the last seed's: compiled by then
             results.append(score(samples))
         per_seed = [result[metric] for result in results]
         row = {"setting": describe(method, settings, overrides), "method": method, "settings": settings.to_dict(),
-               "evaluations": sampling_methods.score_evaluations(len(ladder), settings),
+               "evaluations": methods.score_evaluations(len(ladder), settings),
                "metric": metric, "mean": float(np.mean(per_seed)), "per_seed": per_seed,
                "seed_indices": list(seed_indices),
                "all_scores": results, "seconds": seconds}

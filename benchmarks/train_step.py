@@ -29,7 +29,8 @@ import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import timing  # noqa: E402  (benchmarks/timing.py, beside this script: not a package)
-from ncsn_jax import sampling, train  # noqa: E402
+from ncsn_jax import train  # noqa: E402
+from ncsn_jax.sampling import langevin  # noqa: E402
 from ncsn_jax.runtime import data_parallel  # noqa: E402
 
 configs.define_config_flag("config", None, "Config file, e.g. configs/cifar10.py.", lock_config=True)
@@ -71,7 +72,7 @@ def main(_):
     n_steps = config.sampling.n_steps_each
 
     def run_sampler():
-        out = sampling.annealed_langevin_dynamics(
+        out = langevin.annealed_langevin_dynamics(
             state.score_fn(), rng, batch, levels, n_steps_each=n_steps, step_lr=config.sampling.step_lr,
             denoise=True,
         )

@@ -53,7 +53,7 @@ def get_default_config() -> ml_collections.ConfigDict:
 
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.batch_size = 100
-    # The sampler (ncsn_jax/sampling_methods.py): "ald", the paper's annealed Langevin dynamics; "cas",
+    # The sampler (ncsn_jax/sampling/methods.py): "ald", the paper's annealed Langevin dynamics; "cas",
     # consistent annealed sampling; "pc", the VE SDE's predictor-corrector; "ode", the probability flow.
     sampling.method = "ald"
     sampling.n_steps_each = 5  # T: ald and cas steps per noise level

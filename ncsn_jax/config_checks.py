@@ -2,7 +2,7 @@
 
 Library functions check only what their own arguments must satisfy; every rule about what a config
 field may hold is written here, but for a sampler method's rules about its own settings (pc's corrector,
-cas's step size): those stand in its record of `sampling_methods.SAMPLERS`, beside the settings they are
+cas's step size): those stand in its record of `methods.SAMPLERS`, beside the settings they are
 about, and `check_sampling` runs them. `check_config` runs every rule that needs only the config;
 `check_mode` those of `--mode inpaint` and `interpolate`, which `sample_modes` runs.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
-from ncsn_jax import sampling_methods
+from ncsn_jax.sampling import methods
 from ncsn_jax.datasets import DATASETS
 from ncsn_jax.errors import ConfigError
 from ncsn_jax.models import COMPUTE_DTYPES, MODELS
@@ -33,7 +33,7 @@ def check_sampling(settings: ml_collections.ConfigDict, sigmas: np.ndarray) -> N
       settings: `config.sampling`.
       sigmas: the trained ladder σ1 > … > σL.
     """
-    method = sampling_methods.get_method(settings.method)  # its error names the methods there are
+    method = methods.get_method(settings.method)  # its error names the methods there are
     stride, num_levels = settings.ladder_stride, len(sigmas)
     if not isinstance(stride, int) or stride < 1:
         raise ConfigError(f"config.sampling.ladder_stride must be a positive integer, got {stride!r}")
@@ -45,12 +45,12 @@ def check_sampling(settings: ml_collections.ConfigDict, sigmas: np.ndarray) -> N
 
 def check_mode(settings: ml_collections.ConfigDict, mode: str) -> None:
     """Raises ConfigError when `--mode` inpaint or interpolate cannot run with `settings` (`config.sampling`)."""
-    if mode == "inpaint" and not sampling_methods.get_method(settings.method).inpaints:
+    if mode == "inpaint" and not methods.get_method(settings.method).inpaints:
         raise ConfigError(f"--mode inpaint works with config.sampling.method "
-                          f"{' or '.join(sampling_methods.INPAINTING_METHODS)}, not {settings.method!r}")
-    if mode == "interpolate" and not sampling_methods.is_papers_sampler(settings):
-        # The interpolation is a variant of the paper's sampler (`sampling.annealed_langevin_interpolation`).
-        raise ConfigError(f"--mode interpolate works with config.sampling.method {sampling_methods.PAPERS_METHOD} "
+                          f"{' or '.join(methods.INPAINTING_METHODS)}, not {settings.method!r}")
+    if mode == "interpolate" and not methods.is_papers_sampler(settings):
+        # The interpolation is a variant of the paper's sampler (`langevin.annealed_langevin_interpolation`).
+        raise ConfigError(f"--mode interpolate works with config.sampling.method {methods.PAPERS_METHOD} "
                           f"on the whole ladder only (method {settings.method!r}, ladder_stride "
                           f"{settings.ladder_stride})")
 

@@ -1,7 +1,7 @@
 """`--mode sample | inpaint | interpolate`: images from a trained model, written as a PNG grid and an .npz.
 
 Each mode loads the weights to sample with (`ncsn_jax.weights`: θ' of a checkpoint, or an official
-PyTorch one), runs its driver of `ncsn_jax.sharded_sampling` over every device and writes
+PyTorch one), runs its driver of `ncsn_jax.sampling.sharded` over every device and writes
 `<workdir>/<mode>/<mode>_step_<N>.png` and `.npz` (`_official` for an official checkpoint; a sampler
 other than the paper's adds its name, e.g. `sample_step_<N>_ode_stride2.png`).
 """
@@ -14,7 +14,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ncsn_jax import config_checks, datasets, images, run_files, sampling_methods, sharded_sampling, weights
+from ncsn_jax import config_checks, datasets, images, run_files, weights
+from ncsn_jax.sampling import methods, sharded
 from ncsn_jax.runtime import data_parallel
 from ncsn_jax.errors import DataError
 
@@ -49,17 +50,17 @@ def run_mode(
     state = weights.load_sampling_state(config, workdir, mesh, step, official_checkpoint)
     score_fn, sigmas, settings = state.score_fn(), state.sigmas, config.sampling
     label = f"step_{int(state.step)}" if not official_checkpoint else "official"
-    label += sampling_methods.file_name_suffix(settings)  # other samplers' runs keep their own files
+    label += methods.file_name_suffix(settings)  # other samplers' runs keep their own files
     rng = jax.random.fold_in(jax.random.key(config.seed), 1 + MODES.index(mode))
     image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
     if mode == "sample":
-        images_out = sharded_sampling.draw_samples(
+        images_out = sharded.draw_samples(
             score_fn, sigmas, settings, image_shape, rng, settings.num_samples, mesh)
         nrow = None
     elif mode == "inpaint":
         references = _test_images(config, settings.num_references)
-        mask = sharded_sampling.half_mask(config.data.image_size, config.data.channels)
-        completions = sharded_sampling.inpaint(
+        mask = sharded.half_mask(config.data.image_size, config.data.channels)
+        completions = sharded.inpaint(
             score_fn, sigmas, settings, rng, references, mask, settings.completions_per_image, mesh)
         completions = completions.reshape(len(references), -1, *references.shape[1:])
         # Each row: the masked reference, then its completions.
@@ -69,7 +70,7 @@ def run_mode(
         nrow = settings.completions_per_image + 1
     else:
         starts = _test_images(config, settings.num_references)
-        images_out = sharded_sampling.interpolate(
+        images_out = sharded.interpolate(
             score_fn, sigmas, settings, rng, starts, settings.n_interpolations, mesh)
         nrow = settings.n_interpolations
 

@@ -19,8 +19,8 @@ import tqdm
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ncsn_jax import (checkpoints, datasets, images, losses, metric_logging, run_config, run_files, sharded_sampling,
-                      train_state)
+from ncsn_jax import checkpoints, datasets, images, losses, metric_logging, run_config, run_files, train_state
+from ncsn_jax.sampling import sharded
 from ncsn_jax.runtime import data_parallel
 from ncsn_jax.errors import NonFiniteLossError
 from ncsn_jax.models.score import get_score_fn
@@ -126,7 +126,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         last_saved = checkpointer.latest_step()
 
         def draw_grid(step: int) -> None:
-            samples = sharded_sampling.draw_samples(
+            samples = sharded.draw_samples(
                 state.score_fn(), state.sigmas, config.sampling, image_shape,
                 jax.random.fold_in(sample_key, step), training.snapshot_samples, mesh, progress_bar=False,
             )

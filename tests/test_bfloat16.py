@@ -1,6 +1,6 @@
 """With `model.dtype=bfloat16` only the network's convolutions compute in bfloat16: read off the traced programs.
 
-The training step (`train.train_step`) and the samplers (`sampling_methods.run`: ald and cas, one step
+The training step (`train.train_step`) and the samplers (`methods.run`: ald and cas, one step
 per level) are traced with `jax.make_jaxpr` on a tiny NCSNv2 (nothing is compiled), and their equations
 are read, nested jaxprs (jit, scan, custom derivatives) included, each with its full name scope (Flax
 names every module's equations after its path, e.g. `jvp(NCSNv2)/res1_0/normalize1`; differentiation
@@ -28,7 +28,8 @@ from flax import linen as nn
 from jax.extend import core as jax_core
 
 from configs import tiny
-from ncsn_jax import sampling, sampling_methods, train, train_state
+from ncsn_jax import train, train_state
+from ncsn_jax.sampling import langevin, methods
 from ncsn_jax.models import get_model, layers, ncsnv2
 from ncsn_jax.models.score import get_score_fn
 
@@ -209,7 +210,7 @@ def trace_sampler(dtype: str, method: str) -> jax_core.ClosedJaxpr:
     model = get_model(config)
 
     def draw(params, key, x_init, levels, epsilon):
-        return sampling_methods.run(get_score_fn(model, params), key, x_init, levels, epsilon, settings)
+        return methods.run(get_score_fn(model, params), key, x_init, levels, epsilon, settings)
 
     return jax.make_jaxpr(draw)(params, KEY, abstract((BATCH, *IMAGE_SHAPE), jnp.float32),
                                 abstract((config.model.num_scales,), jnp.float32), abstract((), jnp.float32))
@@ -268,7 +269,7 @@ def test_training_step_convolves_in_the_compute_dtype(train_steps, dtype):
     assert {dtype} == set().union(*(float_dtypes(eqn) for _, eqn in convs))
 
 
-@pytest.mark.parametrize("method", sampling_methods.INPAINTING_METHODS)
+@pytest.mark.parametrize("method", methods.INPAINTING_METHODS)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_sampler_keeps_the_ladder_step_sizes_and_noise_scale_float32(dtype, method):
     closed = trace_sampler(dtype, method)
@@ -330,7 +331,7 @@ def test_the_checks_catch_bfloat16_where_float32_belongs(monkeypatch):
     # Langevin step sizes rounded to bfloat16.
     with monkeypatch.context() as patch:
         jax.clear_caches()
-        step = sampling.langevin_step
+        step = langevin.langevin_step
         patch.setattr(sampling, "langevin_step",
                       lambda x, score, noise, step_size: step(x, score, noise, step_size.astype(jnp.bfloat16)))
         closed = trace_sampler("bfloat16", "ald")

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ncsn_jax import losses, sampling, schedule
+from ncsn_jax import losses, schedule
+from ncsn_jax.sampling import langevin
 from ncsn_jax.official import convert
 from ncsn_jax.models import NCSNv2
 from ncsn_jax.models.score import get_score_fn
@@ -57,9 +58,9 @@ def test_langevin_and_denoising_steps_match_official():
     x0 = nhwc(ref["ald_x0"])
     step_size = 6.2e-6 * (sigmas[0] / sigmas[-1]) ** 2
     np.testing.assert_allclose(step_size, ref["ald_step_size"], rtol=1e-6)
-    x1 = sampling.langevin_step(x0, score_fn(x0, np.full(2, sigmas[0])), nhwc(ref["ald_z"]), step_size)
+    x1 = langevin.langevin_step(x0, score_fn(x0, np.full(2, sigmas[0])), nhwc(ref["ald_z"]), step_size)
     assert relative_error(x1, nhwc(ref["ald_x1"])) < 1e-5
-    denoised = sampling.denoise_step(x1, score_fn(x1, np.full(2, sigmas[-1])), sigmas[-1])
+    denoised = langevin.denoise_step(x1, score_fn(x1, np.full(2, sigmas[-1])), sigmas[-1])
     assert relative_error(denoised, nhwc(ref["ald_denoised"])) < 1e-5
 
 

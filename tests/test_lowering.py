@@ -7,8 +7,8 @@ ngf 4 on 16×16 images:
 
 - the training step (`train.train_step`) in float32 and bfloat16, as the training loop runs it: the state
   replicated and the batch split over the 4-device ('data',) mesh;
-- every method of `sampling_methods.METHODS`, with the inpainting methods and the interpolation, as the
-  drivers of `sharded_sampling` run one batch of them: the initial state made with the batch sharding,
+- every method of `sampling.methods.METHODS`, with the inpainting methods and the interpolation, as the
+  drivers of `sampling.sharded` run one batch of them: the initial state made with the batch sharding,
   then the method's sampler on a 4-level ladder;
 
 and the feature networks of --mode stats and eval: the FID Inception-v3 and the MNIST digit classifier
@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import pytest
 
 from configs import tiny
-from ncsn_jax import config_checks, sampling, sampling_methods, sharded_sampling, train, train_state
+from ncsn_jax import config_checks, train, train_state
+from ncsn_jax.sampling import langevin, methods, sharded
 from ncsn_jax.runtime import data_parallel
 from ncsn_jax.evaluation import digits, inception
 
@@ -177,38 +178,38 @@ def _sampling_settings(network: str, method: str):
     return settings
 
 
-@pytest.mark.parametrize("method", sampling_methods.METHODS)
+@pytest.mark.parametrize("method", methods.METHODS)
 @pytest.mark.parametrize("network", NETWORKS)
 def test_sample(network, method, score_fns, mesh, key):
     settings = _sampling_settings(network, method)
     sigmas = train_state.noise_levels(tiny_config(network))
-    levels, epsilon = sampling_methods.ladder_and_step_lr(sigmas, settings)
+    levels, epsilon = methods.ladder_and_step_lr(sigmas, settings)
     shape = (BATCH, IMAGE_SIZE, IMAGE_SIZE, 3)
 
-    def draw_batch(score_fn, batch_key, sigmas, levels):  # one batch of sharded_sampling.sample_batches
-        x_init = sharded_sampling._sharded_initial_state(
+    def draw_batch(score_fn, batch_key, sigmas, levels):  # one batch of sharded.sample_batches
+        x_init = sharded._sharded_initial_state(
             method, jax.random.fold_in(batch_key, 0), shape, data_parallel.batch_sharding(mesh), sigmas[0])
-        return sampling_methods.run(score_fn, jax.random.fold_in(batch_key, 1), x_init, levels, epsilon, settings)
+        return methods.run(score_fn, jax.random.fold_in(batch_key, 1), x_init, levels, epsilon, settings)
 
     exported = export(jax.jit(draw_batch), score_fns[network], key, sigmas, levels)
     check_lowered_for_accelerators(exported)
     assert exported.nr_devices == mesh.devices.size
 
 
-@pytest.mark.parametrize("method", sampling_methods.INPAINTING_METHODS)
+@pytest.mark.parametrize("method", methods.INPAINTING_METHODS)
 @pytest.mark.parametrize("network", NETWORKS)
 def test_inpaint(network, method, score_fns, mesh, key):
     settings = _sampling_settings(network, method)
     sigmas = train_state.noise_levels(tiny_config(network))
     shape = (BATCH, IMAGE_SIZE, IMAGE_SIZE, 3)
     references = jax.ShapeDtypeStruct(shape, jnp.float32, sharding=data_parallel.batch_sharding(mesh))
-    mask = sharded_sampling.half_mask(IMAGE_SIZE, 3)
+    mask = sharded.half_mask(IMAGE_SIZE, 3)
 
-    def inpaint(score_fn, rng, references, mask, sigmas):  # the device work of sharded_sampling.inpaint
-        x_init = sharded_sampling._sharded_initial_state(
+    def inpaint(score_fn, rng, references, mask, sigmas):  # the device work of sharded.inpaint
+        x_init = sharded._sharded_initial_state(
             method, jax.random.fold_in(rng, 0), shape, data_parallel.batch_sharding(mesh), sigmas[0])
-        return sampling_methods.inpaint(score_fn, jax.random.fold_in(rng, 1), x_init, references, mask, sigmas,
-                                        settings)
+        return methods.inpaint(score_fn, jax.random.fold_in(rng, 1), x_init, references, mask, sigmas,
+                               settings)
 
     exported = export(jax.jit(inpaint), score_fns[network], key, references, mask, sigmas)
     check_lowered_for_accelerators(exported)
@@ -222,8 +223,8 @@ def test_interpolate(network, score_fns, mesh, key):
     x_init = jax.ShapeDtypeStruct((BATCH, IMAGE_SIZE, IMAGE_SIZE, 3), jnp.float32,
                                   sharding=data_parallel.batch_sharding(mesh))
 
-    def interpolate(score_fn, rng, x_init, sigmas):  # the sampler of sharded_sampling.interpolate
-        return sampling.annealed_langevin_interpolation(
+    def interpolate(score_fn, rng, x_init, sigmas):  # the sampler of sharded.interpolate
+        return langevin.annealed_langevin_interpolation(
             score_fn, rng, x_init, sigmas, n_steps_each=settings.n_steps_each, step_lr=settings.step_lr,
             n_interpolations=n_interpolations).samples
 

@@ -1,4 +1,4 @@
-"""Tests for ncsn_jax.sampling against closed forms and distributions whose score is known exactly."""
+"""Tests for ncsn_jax.sampling.langevin against closed forms and distributions whose score is known exactly."""
 import functools
 
 import jax
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ncsn_jax import sampling
+from ncsn_jax.sampling import langevin
 
 
 def _geometric(sigma_begin, sigma_end, n_levels):
@@ -58,18 +58,18 @@ def _count(jaxpr, primitive=None):
 def test_langevin_step_closed_form():
     rng = np.random.default_rng(0)
     x, score, noise = (rng.normal(size=(2, 4, 4, 3)).astype(np.float32) for _ in range(3))
-    np.testing.assert_allclose(sampling.langevin_step(x, score, noise, 0.03),
+    np.testing.assert_allclose(langevin.langevin_step(x, score, noise, 0.03),
                                x + 0.03 * score + np.sqrt(0.06) * noise, rtol=1e-6, atol=1e-6)
 
 
 def test_denoise_step_closed_form():
     rng = np.random.default_rng(1)
     x, score = (rng.normal(size=(2, 4, 4, 3)).astype(np.float32) for _ in range(2))
-    np.testing.assert_allclose(sampling.denoise_step(x, score, 0.01), x + 1e-4 * score, rtol=1e-6)
+    np.testing.assert_allclose(langevin.denoise_step(x, score, 0.01), x + 1e-4 * score, rtol=1e-6)
 
 
 def test_uniform_init_is_unit_interval():
-    x = sampling.uniform_init(jax.random.key(0), (64, 8, 8, 3))
+    x = langevin.uniform_init(jax.random.key(0), (64, 8, 8, 3))
     assert x.shape == (64, 8, 8, 3) and x.dtype == jnp.float32
     assert 0.0 <= float(x.min()) and float(x.max()) < 1.0
     np.testing.assert_allclose([x.mean(), x.var()], [0.5, 1 / 12], rtol=0.02)
@@ -82,8 +82,8 @@ def test_gaussian_moments_match_exact_recursion(denoise):
     mu = rng.uniform(0.2, 0.8, size=(4, 4, 2))
     s = rng.uniform(0.05, 0.3, size=(4, 4, 2))
     sigmas, n_steps_each, step_lr = _geometric(1.0, 0.05, 10), 5, 5e-4
-    x_init = sampling.uniform_init(jax.random.key(0), (4000, 4, 4, 2))
-    x = sampling.annealed_langevin_dynamics(
+    x_init = langevin.uniform_init(jax.random.key(0), (4000, 4, 4, 2))
+    x = langevin.annealed_langevin_dynamics(
         _gaussian_score(mu, s), jax.random.key(1), x_init, sigmas, n_steps_each, step_lr,
         denoise=denoise).samples
     mean, var = _gaussian_moments(0.5, 1 / 12, mu, s, sigmas, n_steps_each, step_lr, denoise)
@@ -107,7 +107,7 @@ def test_gaussian_mixture_weights_means_stds():
         return jnp.sum(jax.nn.softmax(log_p, axis=-1) * (mu - x[..., None]) / var, axis=-1)
 
     x_init = jax.random.uniform(jax.random.key(0), (8000, 1), minval=-10, maxval=10)
-    x = np.asarray(sampling.annealed_langevin_dynamics(
+    x = np.asarray(langevin.annealed_langevin_dynamics(
         score_fn, jax.random.key(1), x_init, sigmas, 20, 0.3 * sigma_end**2, denoise=False).samples)
     x = x.ravel()
     # Without denoising the target is p_σL: components N(μ_k, s_k² + σ_L²).
@@ -125,8 +125,8 @@ def test_steps_follow_update_rule_and_ladder():
     mu, s = 0.5, 0.2
     score_fn = _gaussian_score(mu, s)
     sigmas, n_steps_each, step_lr = _geometric(1.0, 0.1, 4), 3, 2e-3
-    x_init = sampling.uniform_init(jax.random.key(0), (64, 8, 8, 1))
-    out = sampling.annealed_langevin_dynamics(score_fn, jax.random.key(1), x_init, sigmas,
+    x_init = langevin.uniform_init(jax.random.key(0), (64, 8, 8, 1))
+    out = langevin.annealed_langevin_dynamics(score_fn, jax.random.key(1), x_init, sigmas,
                                               n_steps_each, step_lr, denoise=False, keep_every=1)
     np.testing.assert_array_equal(out.intermediates[-1], out.samples)
     states = np.concatenate([np.asarray(x_init)[None], np.asarray(out.intermediates)], axis=0)
@@ -142,8 +142,8 @@ def test_steps_follow_update_rule_and_ladder():
 def test_keep_every_keeps_every_kth_state():
     score_fn = _gaussian_score(0.5, 0.2)
     sigmas, n_steps_each = _geometric(1.0, 0.1, 3), 4
-    x_init = sampling.uniform_init(jax.random.key(0), (4, 8, 8, 3))
-    run = functools.partial(sampling.annealed_langevin_dynamics, score_fn, jax.random.key(1), x_init,
+    x_init = langevin.uniform_init(jax.random.key(0), (4, 8, 8, 3))
+    run = functools.partial(langevin.annealed_langevin_dynamics, score_fn, jax.random.key(1), x_init,
                             sigmas, n_steps_each, 1e-3)
     plain = run()
     every_step = run(keep_every=1)
@@ -156,13 +156,13 @@ def test_keep_every_keeps_every_kth_state():
         np.testing.assert_allclose(out.samples, plain.samples, atol=1e-6)
         final = out.intermediates[-1]
         np.testing.assert_allclose(
-            out.samples, sampling.denoise_step(final, score_fn(final, jnp.full((4,), sigmas[-1])),
+            out.samples, langevin.denoise_step(final, score_fn(final, jnp.full((4,), sigmas[-1])),
                                                sigmas[-1]), atol=1e-6)
 
 
 def test_keep_every_must_divide_steps():
     with pytest.raises(ValueError, match="keep_every 5 does not divide the 12 steps"):
-        sampling.annealed_langevin_dynamics(_gaussian_score(0.5, 0.2), jax.random.key(0),
+        langevin.annealed_langevin_dynamics(_gaussian_score(0.5, 0.2), jax.random.key(0),
                                             jnp.zeros((2, 4)), _geometric(1.0, 0.1, 3), 4, 1e-3,
                                             keep_every=5)
 
@@ -173,7 +173,7 @@ def test_traced_program_does_not_grow_with_levels_or_steps():
 
     def jaxpr(n_levels, n_steps_each, keep_every):
         def sample(rng, sigmas, step_lr):
-            return sampling.annealed_langevin_dynamics(score_fn, rng, x_init, sigmas, n_steps_each,
+            return langevin.annealed_langevin_dynamics(score_fn, rng, x_init, sigmas, n_steps_each,
                                                        step_lr, keep_every=keep_every,
                                                        return_diagnostics=True)
         return jax.make_jaxpr(sample)(jax.random.key(0), _geometric(1.0, 0.01, n_levels), 1e-3).jaxpr
@@ -192,10 +192,10 @@ def test_new_ladder_and_step_lr_reuse_compilation():
         return -x / (1 + sigma[:, None]**2)
 
     x_init = jnp.zeros((2, 4))
-    sampling.annealed_langevin_dynamics(score_fn, jax.random.key(0), x_init,
+    langevin.annealed_langevin_dynamics(score_fn, jax.random.key(0), x_init,
                                         _geometric(1.0, 0.01, 5), 2, 1e-3)
     traced = len(n_traces)
-    out = sampling.annealed_langevin_dynamics(score_fn, jax.random.key(0), x_init,
+    out = langevin.annealed_langevin_dynamics(score_fn, jax.random.key(0), x_init,
                                               _geometric(2.0, 0.02, 5), 2, 3e-3)
     assert len(n_traces) == traced and out.samples.shape == (2, 4)
 
@@ -210,7 +210,7 @@ def test_score_parameters_in_a_partial_are_traced_not_recompiled():
 
     x_init = jnp.ones((2, 4))
     ladder = _geometric(1.0, 0.01, 5)
-    run = lambda scale: sampling.annealed_langevin_dynamics(
+    run = lambda scale: langevin.annealed_langevin_dynamics(
         jax.tree_util.Partial(scaled_score, jnp.float32(scale)), jax.random.key(0), x_init, ladder, 2, 1e-3)
     first = run(1.0)
     traced = len(n_traces)
@@ -225,8 +225,8 @@ def test_diagnostics_with_constant_score():
     dim = np.prod(shape[1:])
     sigmas, n_steps_each, step_lr = np.array([1.0, 0.5, 0.25], np.float32), 2, 0.01
     score_fn = lambda x, sigma: jnp.full_like(x, c)
-    x_init = sampling.uniform_init(jax.random.key(0), shape)
-    out = sampling.annealed_langevin_dynamics(score_fn, jax.random.key(1), x_init, sigmas,
+    x_init = langevin.uniform_init(jax.random.key(0), shape)
+    out = langevin.annealed_langevin_dynamics(score_fn, jax.random.key(1), x_init, sigmas,
                                               n_steps_each, step_lr, denoise=False, keep_every=1,
                                               return_diagnostics=True)
     diag = out.diagnostics
@@ -262,8 +262,8 @@ def test_inpainting_known_noised_unknown_from_prior(mask):
     s = rng.uniform(0.05, 0.3, size=shape[1:])
     reference = rng.uniform(size=shape).astype(np.float32)
     sigmas, n_steps_each, step_lr = _geometric(1.0, 0.05, 6), 4, 2.5e-4
-    out = sampling.annealed_langevin_inpainting(
-        _gaussian_score(mu, s), jax.random.key(1), sampling.uniform_init(jax.random.key(0), shape),
+    out = langevin.annealed_langevin_inpainting(
+        _gaussian_score(mu, s), jax.random.key(1), langevin.uniform_init(jax.random.key(0), shape),
         reference, mask, sigmas, n_steps_each, step_lr, keep_every=1)
     known = np.broadcast_to(mask, shape)
     states = np.asarray(out.intermediates, np.float64).reshape(sigmas.size, n_steps_each, *shape)
@@ -290,16 +290,16 @@ def test_inpainting_denoise_restores_known_pixels():
     mask[:, :2] = True
     score_fn = _gaussian_score(0.5, 0.2)
     sigmas = _geometric(1.0, 0.05, 3)
-    x_init = sampling.uniform_init(jax.random.key(0), shape)
-    noisy = sampling.annealed_langevin_inpainting(score_fn, jax.random.key(1), x_init, reference, mask,
+    x_init = langevin.uniform_init(jax.random.key(0), shape)
+    noisy = langevin.annealed_langevin_inpainting(score_fn, jax.random.key(1), x_init, reference, mask,
                                                   sigmas, 2, 1e-3, keep_every=6)
-    clean = sampling.annealed_langevin_inpainting(score_fn, jax.random.key(1), x_init, reference, mask,
+    clean = langevin.annealed_langevin_inpainting(score_fn, jax.random.key(1), x_init, reference, mask,
                                                   sigmas, 2, 1e-3, denoise=True)
     known = np.broadcast_to(mask, shape)
     assert not np.allclose(noisy.samples[known], reference[known])
     np.testing.assert_array_equal(clean.samples[known], reference[known])
     final = noisy.intermediates[-1]
-    denoised = sampling.denoise_step(final, score_fn(final, jnp.full((8,), sigmas[-1])), sigmas[-1])
+    denoised = langevin.denoise_step(final, score_fn(final, jnp.full((8,), sigmas[-1])), sigmas[-1])
     np.testing.assert_allclose(clean.samples[~known], np.asarray(denoised)[~known], atol=1e-6)
 
 
@@ -309,7 +309,7 @@ def test_inpainting_denoise_restores_known_pixels():
 ])
 def test_inpainting_rejects_shapes_that_do_not_broadcast(name, reference_shape, mask_shape):
     with pytest.raises(ValueError, match=f"{name} of shape"):
-        sampling.annealed_langevin_inpainting(
+        langevin.annealed_langevin_inpainting(
             _gaussian_score(0.5, 0.2), jax.random.key(0), jnp.zeros((2, 4, 4, 3)),
             jnp.zeros(reference_shape), jnp.ones(mask_shape), _geometric(1.0, 0.1, 2), 1, 1e-3)
 
@@ -317,10 +317,10 @@ def test_inpainting_rejects_shapes_that_do_not_broadcast(name, reference_shape, 
 def test_interpolation_noise_is_standard_and_correlated_along_rows():
     """With s ≡ 0 and α = 1/2 one step adds exactly the noise: corr(col j, col k) = cos(φ_j − φ_k)."""
     n_rows, n_interpolations = 64, 5
-    x_init = sampling.repeat_for_interpolation(
-        sampling.uniform_init(jax.random.key(0), (n_rows, 8, 8, 3)), n_interpolations)
+    x_init = langevin.repeat_for_interpolation(
+        langevin.uniform_init(jax.random.key(0), (n_rows, 8, 8, 3)), n_interpolations)
     np.testing.assert_array_equal(x_init[:n_interpolations], np.broadcast_to(x_init[0], (5, 8, 8, 3)))
-    out = sampling.annealed_langevin_interpolation(
+    out = langevin.annealed_langevin_interpolation(
         lambda x, sigma: jnp.zeros_like(x), jax.random.key(1), x_init, np.ones(1, np.float32), 1, 0.5,
         n_interpolations, denoise=True)
     noise = np.asarray(out.samples - x_init).reshape(n_rows, n_interpolations, -1)
@@ -335,6 +335,6 @@ def test_interpolation_noise_is_standard_and_correlated_along_rows():
 
 def test_interpolation_rejects_batch_not_divisible():
     with pytest.raises(ValueError, match="n_interpolations 4 must be >= 1 and divide the batch size 6"):
-        sampling.annealed_langevin_interpolation(
+        langevin.annealed_langevin_interpolation(
             lambda x, sigma: -x, jax.random.key(0), jnp.zeros((6, 2)), _geometric(1.0, 0.1, 2), 1,
             1e-3, 4)

@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from ncsn_jax import checkpoints, cli, sharded_sampling, train, weights
+from ncsn_jax import checkpoints, cli, train, weights
+from ncsn_jax.sampling import sharded
 from ncsn_jax.errors import CheckpointNotFoundError, ConfigError, DataError
 from ncsn_jax.evaluation import digits, metrics, reference, sweep
 from ncsn_jax.train_state import SamplingState
@@ -78,13 +79,13 @@ def test_interrupted_eval_resumes_at_the_next_batch(trained_workdir, monkeypatch
     os.remove(step_dir / "metrics.json")
     os.remove(step_dir / "batch_00001.npz")
     started_at = []
-    real_sample_batches = sharded_sampling.sample_batches
+    real_sample_batches = sharded.sample_batches
 
     def recording_sample_batches(*args, first_batch=0, **kwargs):
         started_at.append(first_batch)
         return real_sample_batches(*args, first_batch=first_batch, **kwargs)
 
-    monkeypatch.setattr(sharded_sampling, "sample_batches", recording_sample_batches)
+    monkeypatch.setattr(sharded, "sample_batches", recording_sample_batches)
     resumed = sweep.run_eval(config, str(trained_workdir), checkpoint_step=3)["checkpoints"]["3"]
     assert started_at == [1]
     assert resumed == pytest.approx(first, rel=1e-6)

@@ -27,7 +27,8 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from ncsn_jax import checkpoints, images, run_files, sampling_methods, sharded_sampling, weights
+from ncsn_jax import checkpoints, images, run_files, weights
+from ncsn_jax.sampling import methods, sharded
 from ncsn_jax.runtime import data_parallel
 from ncsn_jax.errors import CheckpointNotFoundError, ConfigError
 from ncsn_jax.evaluation import metrics
@@ -81,8 +82,8 @@ def sample_features(
     if done:
         logging.info("%s: %d of %d sample batches already done", cache_dir, done, num_batches)
     image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
-    batches = sharded_sampling.sample_batches(state.score_fn(), state.sigmas, config.sampling, image_shape, rng,
-                                              num_samples, mesh, first_batch=done)
+    batches = sharded.sample_batches(state.score_fn(), state.sigmas, config.sampling, image_shape, rng,
+                                     num_samples, mesh, first_batch=done)
     for index, samples in tqdm.tqdm(batches, total=num_batches, initial=done, desc="eval samples", unit="batch"):
         samples = images.to_8bit_levels(samples)
         features, logits = extractor.fn(samples)
@@ -131,11 +132,11 @@ def _settings_digest(config: ml_collections.ConfigDict, extractor: FeatureExtrac
     sampling, model = config.sampling, config.model
     settings = [config.seed, extractor.name, *(sampling[field] for field in _DIGEST_SAMPLING_FIELDS),
                 model.sigma_begin, model.sigma_end, model.num_scales]
-    if not sampling_methods.is_papers_sampler(sampling):
+    if not methods.is_papers_sampler(sampling):
         # Other samplers' samples are other samples; the paper's sampler keeps the digest (and the
         # caches) it had before there were others.
         settings += [sampling.method, sampling.ladder_stride]
-        settings += [sampling[field] for field in sampling_methods.get_method(sampling.method).settings
+        settings += [sampling[field] for field in methods.get_method(sampling.method).settings
                      if field not in _DIGEST_SAMPLING_FIELDS]
     return hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:8]
 

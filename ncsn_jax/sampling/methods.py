@@ -4,13 +4,13 @@ Each method is one `SamplerMethod` record of `SAMPLERS`: its initial state, its 
 evaluations per image, the settings it reads (which name its outputs), its own config rules and its
 inpainting program, if any. The methods (all run on the trained NCSNv2 networks, which are VE score models):
 
-  ald   annealed Langevin dynamics, the paper's sampler (`sampling.annealed_langevin_dynamics`), from
+  ald   annealed Langevin dynamics, the paper's sampler (`langevin.annealed_langevin_dynamics`), from
         U[0, 1) as the official code; L·T score evaluations, plus 1 to denoise.
-  cas   consistent annealed sampling (`sampling.consistent_annealed_sampling`), from the prior
+  cas   consistent annealed sampling (`langevin.consistent_annealed_sampling`), from the prior
         N(0, σ1²); L·T, plus 1 to denoise.
-  pc    the VE SDE's predictor–corrector sampler (`sde_sampling.predictor_corrector`), from the prior;
+  pc    the VE SDE's predictor–corrector sampler (`sde.predictor_corrector`), from the prior;
         L·(corrector_steps + 1), its last predictor's mean being the denoised sample.
-  ode   the probability-flow ODE by Heun's method (`sde_sampling.probability_flow`), from the prior;
+  ode   the probability-flow ODE by Heun's method (`sde.probability_flow`), from the prior;
         2(L − 1), plus 1 to denoise.
 
 `sampling.ladder_stride` k > 1 runs any of them on a sub-ladder of the trained one: every k-th σ
@@ -29,7 +29,8 @@ import ml_collections
 import numpy as np
 from jax.typing import ArrayLike
 
-from ncsn_jax import sampling, schedule, sde_sampling
+from ncsn_jax import schedule
+from ncsn_jax.sampling import langevin, sde
 from ncsn_jax.errors import ConfigError
 from ncsn_jax.models.score import ScoreFn
 
@@ -72,11 +73,11 @@ def ladder_and_step_lr(sigmas: jax.Array, settings: ml_collections.ConfigDict) -
 def _uniform_init(rng: jax.Array, shape: tuple[int, ...], sigma_begin: ArrayLike) -> jax.Array:
     """U[0, 1), as the official code starts the paper's sampler (σ1 is not used)."""
     del sigma_begin
-    return sampling.uniform_init(rng, shape)
+    return langevin.uniform_init(rng, shape)
 
 
 def _annealed_program(sampler: Callable) -> Callable:
-    """The program of a sampler of `ncsn_jax.sampling` (ald, cas): T = `n_steps_each` steps per level."""
+    """The program of a sampler of `ncsn_jax.sampling.langevin` (ald, cas): T = `n_steps_each` steps per level."""
     def program(score_fn: ScoreFn, rng: jax.Array, x_init: jax.Array, levels: jax.Array, epsilon: float,
                 settings: ml_collections.ConfigDict) -> jax.Array:
         return sampler(score_fn, rng, x_init, levels, n_steps_each=settings.n_steps_each, step_lr=epsilon,
@@ -85,7 +86,7 @@ def _annealed_program(sampler: Callable) -> Callable:
 
 
 def _annealed_inpainting_program(sampler: Callable) -> Callable:
-    """The inpainting program of a sampler of `ncsn_jax.sampling`; the official inpainting does not denoise."""
+    """The inpainting program of a sampler of `ncsn_jax.sampling.langevin`; the official inpainting does not denoise."""
     def program(score_fn: ScoreFn, rng: jax.Array, x_init: jax.Array, reference: jax.Array, mask: jax.Array,
                 levels: jax.Array, epsilon: float, settings: ml_collections.ConfigDict) -> jax.Array:
         return sampler(score_fn, rng, x_init, reference, mask, levels, n_steps_each=settings.n_steps_each,
@@ -96,14 +97,14 @@ def _annealed_inpainting_program(sampler: Callable) -> Callable:
 def _predictor_corrector_program(score_fn: ScoreFn, rng: jax.Array, x_init: jax.Array, levels: jax.Array,
                                  epsilon: float, settings: ml_collections.ConfigDict) -> jax.Array:
     del epsilon  # the corrector's steps follow the signal-to-noise rule
-    return sde_sampling.predictor_corrector(score_fn, rng, x_init, levels, corrector_steps=settings.corrector_steps,
-                                            snr=settings.snr, denoise=settings.denoise).samples
+    return sde.predictor_corrector(score_fn, rng, x_init, levels, corrector_steps=settings.corrector_steps,
+                                   snr=settings.snr, denoise=settings.denoise).samples
 
 
 def _probability_flow_program(score_fn: ScoreFn, rng: jax.Array, x_init: jax.Array, levels: jax.Array,
                               epsilon: float, settings: ml_collections.ConfigDict) -> jax.Array:
     del rng, epsilon  # deterministic, and Heun's steps are the ladder's intervals
-    return sde_sampling.probability_flow(score_fn, x_init, levels, denoise=settings.denoise).samples
+    return sde.probability_flow(score_fn, x_init, levels, denoise=settings.denoise).samples
 
 
 def _annealed_evaluations(levels: int, settings: ml_collections.ConfigDict) -> int:
@@ -123,7 +124,7 @@ def _no_rules_of_its_own(settings: ml_collections.ConfigDict, sigmas: np.ndarray
 
 
 def _check_consistent_step_size(settings: ml_collections.ConfigDict, sigmas: np.ndarray) -> None:
-    """ε must let CAS's noise follow the ladder (`sampling.consistent_noise_scales`)."""
+    """ε must let CAS's noise follow the ladder (`langevin.consistent_noise_scales`)."""
     levels = np.asarray(sigmas, np.float64)[sub_ladder_indices(len(sigmas), settings.ladder_stride)]
     gamma = float(np.max(levels[:-1] / levels[1:])) if len(levels) > 1 else 1.0
     epsilon = step_lr(np.asarray(sigmas), settings)
@@ -176,15 +177,15 @@ class SamplerMethod:
 
 
 SAMPLERS = {method.name: method for method in (
-    SamplerMethod("ald", _uniform_init, _annealed_program(sampling.annealed_langevin_dynamics),
+    SamplerMethod("ald", _uniform_init, _annealed_program(langevin.annealed_langevin_dynamics),
                   _annealed_evaluations, ("n_steps_each", "step_lr"),
-                  inpainting_program=_annealed_inpainting_program(sampling.annealed_langevin_inpainting)),
-    SamplerMethod("cas", sampling.prior_init, _annealed_program(sampling.consistent_annealed_sampling),
+                  inpainting_program=_annealed_inpainting_program(langevin.annealed_langevin_inpainting)),
+    SamplerMethod("cas", langevin.prior_init, _annealed_program(langevin.consistent_annealed_sampling),
                   _annealed_evaluations, ("n_steps_each", "step_lr"), check=_check_consistent_step_size,
-                  inpainting_program=_annealed_inpainting_program(sampling.consistent_annealed_inpainting)),
-    SamplerMethod("pc", sampling.prior_init, _predictor_corrector_program, _predictor_corrector_evaluations,
+                  inpainting_program=_annealed_inpainting_program(langevin.consistent_annealed_inpainting)),
+    SamplerMethod("pc", langevin.prior_init, _predictor_corrector_program, _predictor_corrector_evaluations,
                   ("corrector_steps", "snr"), check=_check_corrector),
-    SamplerMethod("ode", sampling.prior_init, _probability_flow_program, _probability_flow_evaluations, ()),
+    SamplerMethod("ode", langevin.prior_init, _probability_flow_program, _probability_flow_evaluations, ()),
 )}
 METHODS = tuple(SAMPLERS)
 INPAINTING_METHODS = tuple(name for name, method in SAMPLERS.items() if method.inpaints)

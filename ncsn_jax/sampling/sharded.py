@@ -2,7 +2,7 @@
 
 The drivers take a score function, the ladder σ1 > … > σL and the sampling settings (`config.sampling`:
 `method`, `batch_size`, `n_steps_each` = T, `step_lr` = ε, `denoise`, …, vetted by `ncsn_jax.config_checks`),
-run the jit-compiled program of the method's record in `ncsn_jax.sampling_methods` on batches split over
+run the jit-compiled program of the method's record in `ncsn_jax.sampling.methods` on batches split over
 the mesh and gather the images on every host. They know nothing of checkpoints or train states
 (`ncsn_jax.weights` gives the score function of a checkpoint).
 """
@@ -20,7 +20,7 @@ import tqdm
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from ncsn_jax import sampling, sampling_methods
+from ncsn_jax.sampling import langevin, methods
 from ncsn_jax.runtime import data_parallel
 from ncsn_jax.models.score import ScoreFn
 
@@ -34,9 +34,9 @@ def _round_up(n: int, multiple: int) -> int:
 @functools.partial(jax.jit, static_argnums=(0, 2, 3))
 def _sharded_initial_state(method: str, rng: jax.Array, shape: tuple[int, ...], sharding: jax.sharding.Sharding,
                            sigma_begin: jax.Array) -> jax.Array:
-    """The method's initial states (`sampling_methods.initial_state`), created with the batch sharding."""
+    """The method's initial states (`methods.initial_state`), created with the batch sharding."""
     return jax.lax.with_sharding_constraint(
-        sampling_methods.initial_state(method, rng, shape, sigma_begin), sharding)
+        methods.initial_state(method, rng, shape, sigma_begin), sharding)
 
 
 def _gather(x: jax.Array, count: int) -> np.ndarray:
@@ -60,14 +60,14 @@ def sample_batches(
     """
     batch = settings.batch_size
     data_parallel.per_host_batch_size(batch, mesh, "sampling.batch_size")  # must divide over the devices
-    levels, epsilon = sampling_methods.ladder_and_step_lr(sigmas, settings)
+    levels, epsilon = methods.ladder_and_step_lr(sigmas, settings)
     shape = (batch, *image_shape)
     # Every batch is full, the last one trimmed afterwards: one shape, so the sampler compiles once.
     for index in range(first_batch, math.ceil(num_samples / batch)):
         batch_rng = jax.random.fold_in(rng, index)
         x_init = _sharded_initial_state(settings.method, jax.random.fold_in(batch_rng, 0), shape,
                                         data_parallel.batch_sharding(mesh), sigmas[0])
-        samples = sampling_methods.run(score_fn, jax.random.fold_in(batch_rng, 1), x_init, levels, epsilon, settings)
+        samples = methods.run(score_fn, jax.random.fold_in(batch_rng, 1), x_init, levels, epsilon, settings)
         yield index, _gather(samples, min(batch, num_samples - index * batch))
 
 
@@ -115,7 +115,7 @@ def inpaint(
     mesh: Mesh,
 ) -> np.ndarray:
     """Completes each reference image `completions_per_image` times (the unknown pixels sampled) by the
-    inpainting program of `settings.method` (`sampling_methods.INPAINTING_METHODS`).
+    inpainting program of `settings.method` (`methods.INPAINTING_METHODS`).
 
     Args:
       references: (N, H, W, C) images in [0, 1].
@@ -133,8 +133,8 @@ def inpaint(
     reference = jax.device_put(repeated, sharding)
     x_init = _sharded_initial_state(settings.method, jax.random.fold_in(rng, 0), repeated.shape, sharding,
                                     sigmas[0])
-    samples = sampling_methods.inpaint(score_fn, jax.random.fold_in(rng, 1), x_init, reference,
-                                       jnp.asarray(mask), sigmas, settings)
+    samples = methods.inpaint(score_fn, jax.random.fold_in(rng, 1), x_init, reference,
+                              jnp.asarray(mask), sigmas, settings)
     return _gather(samples, count)
 
 
@@ -151,7 +151,7 @@ def interpolate(
     paper's sampler on the whole ladder, whatever `settings.method` (`config_checks.check_mode` refuses others).
 
     Each row starts from one image of `starts` noised at σ1 (as the official sampler's data_init) and all
-    its columns share that start; see `sampling.annealed_langevin_interpolation`.
+    its columns share that start; see `langevin.annealed_langevin_interpolation`.
 
     Args:
       starts: (R, H, W, C) images in [0, 1], one per row.
@@ -166,9 +166,9 @@ def interpolate(
     starts = np.concatenate([starts, np.repeat(starts[:1], padded_rows - rows, axis=0)])
     noise = jax.random.normal(jax.random.fold_in(rng, 0), starts.shape)
     x_start = jnp.asarray(starts, jnp.float32) + sigmas[0] * noise
-    x_init = jax.device_put(sampling.repeat_for_interpolation(x_start, n_interpolations),
+    x_init = jax.device_put(langevin.repeat_for_interpolation(x_start, n_interpolations),
                             data_parallel.batch_sharding(mesh))
-    out = sampling.annealed_langevin_interpolation(
+    out = langevin.annealed_langevin_interpolation(
         score_fn, jax.random.fold_in(rng, 1), x_init, sigmas,
         n_steps_each=settings.n_steps_each, step_lr=settings.step_lr, n_interpolations=n_interpolations,
     )

@@ -155,7 +155,7 @@ def consistent_noise_scales(sigmas: jax.Array, n_steps_each: int, step_lr: Array
 
     gives noise of level exactly σ_next, the level of the next step (σ_i itself within a level, σ_{i+1}
     across levels, γ = σ_i/σ_{i+1} the ladder's ratio). This needs (1 − η)·γ ≤ 1, i.e.
-    ε ≥ σ_L²(1 − 1/γ), which a config must meet (the cas record of `ncsn_jax.sampling_methods`);
+    ε ≥ σ_L²(1 − 1/γ), which a config must meet (the cas record of `ncsn_jax.sampling.methods`);
     scales are clamped at 0 here, so a smaller ε adds no noise rather than NaN. The last step targets
     σ = 0 and adds no noise (the original algorithm's σ_{L+1} = 0).
 

@@ -3,7 +3,7 @@
 A network trained at noise levels σ1 > … > σL is a score model of the VE SDE, whose marginal at noise
 level σ is the data convolved with N(0, σ²·I); the NCSNv2 networks' score is their output divided by σ
 (technique 3), so they can be evaluated at any σ. Two samplers run on the ladder, from the prior
-N(0, σ1²·I) (`sampling.prior_init`):
+N(0, σ1²·I) (`langevin.prior_init`):
 
 - `predictor_corrector`: at each level σ_i, `corrector_steps` Langevin steps whose size follows the
   signal-to-noise rule α = 2·(r·‖z‖/‖s‖)², then the reverse-diffusion predictor from σ_i to σ_{i+1}
@@ -16,13 +16,13 @@ N(0, σ1²·I) (`sampling.prior_init`):
   2(L − 1) + 1 score evaluations.
 
 Each is one jit-compiled `lax.scan` over the levels, with the score function traced as a pytree (see
-`ncsn_jax.sampling`).
+`ncsn_jax.sampling.langevin`).
 """
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from ncsn_jax.sampling import SamplerOutput, denoise_step, jit_sampler
+from ncsn_jax.sampling.langevin import SamplerOutput, denoise_step, jit_sampler
 from ncsn_jax.models.score import ScoreFn
 
 
@@ -44,7 +44,7 @@ def predictor_corrector(score_fn: ScoreFn, rng: jax.Array, x_init: ArrayLike, si
     Args:
         score_fn: s(x, σ), see `ncsn_jax.models.score`.
         rng: PRNG key.
-        x_init: (B, ...) initial state, e.g. `sampling.prior_init`.
+        x_init: (B, ...) initial state, e.g. `langevin.prior_init`.
         sigmas: (L,) noise levels σ1 > ... > σL.
         corrector_steps: Langevin corrector steps per level (0: the predictor alone); static.
         snr: r, the corrector's signal-to-noise ratio (score_sde: 0.16 for CIFAR-10).
@@ -93,7 +93,7 @@ def probability_flow(score_fn: ScoreFn, x_init: ArrayLike, sigmas: ArrayLike,
 
     Args:
         score_fn: s(x, σ), see `ncsn_jax.models.score`; evaluated at the ladder's σ only.
-        x_init: (B, ...) initial state at σ1, e.g. `sampling.prior_init`.
+        x_init: (B, ...) initial state at σ1, e.g. `langevin.prior_init`.
         sigmas: (L,) noise levels σ1 > ... > σL, L ≥ 2: the solver's grid.
         denoise: apply x ← x + σL²·s(x, σL) at the end; static.
 
