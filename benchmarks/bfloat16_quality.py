@@ -46,7 +46,8 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import configs  # noqa: E402  (the checkout's configs/, loaded by name or path)
-from ncsn_jax import config_checks, datasets, images, losses, train, train_state  # noqa: E402
+from ncsn_jax import config_checks, images, losses, train, train_state  # noqa: E402
+from ncsn_jax.data import pipeline  # noqa: E402
 from ncsn_jax.sampling import methods, sharded  # noqa: E402
 from ncsn_jax.runtime import data_parallel  # noqa: E402
 from ncsn_jax.evaluation import features, reference, sweep  # noqa: E402
@@ -82,9 +83,9 @@ def train_run(config: ml_collections.ConfigDict, dtype: str, seed: int,
     """`FLAGS.steps` (> 1) steps from the shared initialisation: the per-step losses, the state, and the
     seconds of all steps but the first."""
     config = with_dtype(config, dtype)
-    config.seed = seed  # the batch order of datasets.get_dataset
+    config.seed = seed  # the batch order of pipeline.get_dataset
     state = train_state.init_train_state(config, jax.random.key(INIT_SEED), mesh)
-    batches = data_parallel.prefetch_to_mesh(datasets.get_dataset(config, "train", config.training.batch_size), mesh)
+    batches = data_parallel.prefetch_to_mesh(pipeline.get_dataset(config, "train", config.training.batch_size), mesh)
     step_key = jax.random.key(seed)
     step_losses = []
     for step in range(FLAGS.steps):
@@ -103,7 +104,7 @@ def test_loss(config: ml_collections.ConfigDict, ema_params) -> float:
     state = train_state.SamplingState(step=jnp.zeros((), jnp.int32), ema_params=ema_params,
                                       sigmas=train_state.noise_levels(config), model=get_model(config))
     batch_size = config.training.batch_size
-    batches = datasets.get_dataset(config, "test", batch_size, repeat=False, process_index=0, process_count=1)
+    batches = pipeline.get_dataset(config, "test", batch_size, repeat=False, process_index=0, process_count=1)
     key = jax.random.key(12345)
     values = [float(losses.dsm_loss(state.score_fn(), jnp.asarray(batch), state.sigmas,
                                           jax.random.fold_in(key, i)))

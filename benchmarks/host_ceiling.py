@@ -29,7 +29,7 @@ those `n` cores as they would share a host's. Per config and core count it measu
   threads) and of its decoding processes (from /proc);
 - `loop_without_decoding`: the same loop fed one decoded batch again and again (the pipeline replaced):
   what the loop itself costs per step (`ms_per_step`), with the batch's host-to-device copy;
-- `pipeline`: `datasets.get_dataset` alone, images/s and CPU-seconds per image;
+- `pipeline`: `pipeline.get_dataset` alone, images/s and CPU-seconds per image;
 - at 1 core, `stages`: one thread's CPU milliseconds per image for reading the record, decoding it,
   resizing and cropping, and flipping and converting to float32.
 
@@ -304,7 +304,8 @@ def cheap_steps(marks: list, losses: list):
 def run_loop(config, warmup_steps: int, steps: int, fixed_batch=None) -> dict:
     """Runs `train.train_and_evaluate` with the cheap steps over warmup + steps (+1) steps; times the last
     `steps`. With `fixed_batch`, every batch (train and test) is that array instead of the pipeline's."""
-    from ncsn_jax import datasets, train
+    from ncsn_jax import train
+    from ncsn_jax.data import pipeline
 
     training = config.training
     training.n_iters = warmup_steps + steps + 1
@@ -340,10 +341,10 @@ def run_loop(config, warmup_steps: int, steps: int, fixed_batch=None) -> dict:
 
 
 def run_pipeline(config, batches: int) -> dict:
-    from ncsn_jax import datasets
+    from ncsn_jax.data import pipeline
 
     batch_size = config.training.batch_size
-    iterator = datasets.get_dataset(config, "train", batch_size)
+    iterator = pipeline.get_dataset(config, "train", batch_size)
     for _ in range(3):
         next(iterator)
     wall_0, cpu_0 = time.perf_counter(), _cpu_seconds()
@@ -357,16 +358,16 @@ def run_pipeline(config, batches: int) -> dict:
 def stage_costs(config, count: int = 64) -> dict:
     """One thread's CPU milliseconds per image (`time.thread_time`, unaffected by other processes) for each
     stage of reading a training image."""
-    from ncsn_jax import datasets
+    from ncsn_jax.data import sources
 
     data = config.data
-    fit = functools.partial(datasets.resize_and_crop, size=data.image_size, channels=data.channels,
+    fit = functools.partial(sources.resize_and_crop, size=data.image_size, channels=data.channels,
                             pre_crop=140 if data.dataset == "celeba" else None)
     timings = {"read_ms": 0.0, "decode_ms": 0.0, "resize_crop_ms": 0.0, "flip_to_float_ms": 0.0}
     if data.dataset in ("cifar10", "celeba"):
         import tensorflow_datasets as tfds
 
-        examples = tfds.builder(datasets.TFDS_NAMES[data.dataset], data_dir=data.tfds_data_dir).as_data_source("train")
+        examples = tfds.builder(sources.TFDS_NAMES[data.dataset], data_dir=data.tfds_data_dir).as_data_source("train")
         count = min(count, len(examples))
         raw = examples.data_source  # the records before TFDS decodes them
         for i in range(count):
@@ -435,9 +436,9 @@ def measure(name: str, data_fields: dict, warmup_steps: int, steps: int, pipelin
     result["pipeline"] = run_pipeline(config, pipeline_batches)
     result["loop"] = run_loop(config, warmup_steps, steps)
     if details:
-        from ncsn_jax import datasets
+        from ncsn_jax.data import pipeline
 
-        batch = next(datasets.get_dataset(config, "train", config.training.batch_size))
+        batch = next(pipeline.get_dataset(config, "train", config.training.batch_size))
         result["loop_without_decoding"] = run_loop(config, warmup_steps, steps, fixed_batch=batch)
         result["stages"] = stage_costs(config)
     return result

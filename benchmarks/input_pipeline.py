@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 import configs  # noqa: E402  (the checkout's configs/, loaded by name or path)
-from ncsn_jax import datasets  # noqa: E402
+from ncsn_jax.data import pipeline  # noqa: E402
 
 configs.define_config_flag("config", None, "Config file, e.g. configs/mnist.py.", lock_config=True)
 flags.DEFINE_integer("batch_size", 128, "Images per batch on this host.")
@@ -34,7 +34,7 @@ FLAGS = flags.FLAGS
 
 def first_batch(config, start_step):
     start = time.perf_counter()
-    iterator = datasets.get_dataset(config, FLAGS.split, FLAGS.batch_size, start_step=start_step)
+    iterator = pipeline.get_dataset(config, FLAGS.split, FLAGS.batch_size, start_step=start_step)
     batch = next(iterator)
     return iterator, batch, time.perf_counter() - start
 

@@ -23,7 +23,8 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import configs  # noqa: E402  (the checkout's configs/, loaded by name or path)
-from ncsn_jax import datasets, images  # noqa: E402
+from ncsn_jax import images  # noqa: E402
+from ncsn_jax.data import pipeline  # noqa: E402
 from ncsn_jax.evaluation import features, reference, sweep  # noqa: E402
 
 configs.define_config_flag("config", None, "Config file, e.g. configs/mnist.py.", lock_config=True)
@@ -33,7 +34,7 @@ FLAGS = flags.FLAGS
 
 
 def split_images(config, split):
-    batches = datasets.get_dataset(config, split, config.eval.batch_size, repeat=False,
+    batches = pipeline.get_dataset(config, split, config.eval.batch_size, repeat=False,
                                    process_index=0, process_count=1)
     return np.concatenate(list(batches))
 

@@ -16,7 +16,7 @@ def get_default_config() -> ml_collections.ConfigDict:
     data.image_size = 32
     data.channels = 3
     data.random_flip = True  # train split only
-    data.path = ""  # ffhq, image_folder, LSUN (LMDB or images): see ncsn_jax/image_sources.py
+    data.path = ""  # ffhq, image_folder, LSUN (LMDB or images): see ncsn_jax/data/sources.py
     data.tfds_data_dir = config_dict.placeholder(str)  # None: TFDS's default, ~/tensorflow_datasets
     # Image files that fail to decode are skipped with a warning; more than this fraction of a split is an error.
     data.max_undecodable_fraction = 0.01

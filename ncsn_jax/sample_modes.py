@@ -14,7 +14,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ncsn_jax import config_checks, datasets, images, run_files, weights
+from ncsn_jax import config_checks, images, run_files, weights
+from ncsn_jax.data import pipeline
 from ncsn_jax.sampling import methods, sharded
 from ncsn_jax.runtime import data_parallel
 from ncsn_jax.errors import DataError
@@ -24,7 +25,7 @@ MODES = ("sample", "inpaint", "interpolate")
 
 def _test_images(config: ml_collections.ConfigDict, count: int) -> np.ndarray:
     """The first `count` test images (the same on every host)."""
-    batches = datasets.get_dataset(config, "test", batch_size=count, repeat=False, process_index=0, process_count=1)
+    batches = pipeline.get_dataset(config, "test", batch_size=count, repeat=False, process_index=0, process_count=1)
     first = next(iter(batches), None)
     if first is None:
         raise DataError(f"the test split has fewer than {count} images: lower --config.sampling.num_references")

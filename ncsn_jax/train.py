@@ -19,7 +19,8 @@ import tqdm
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ncsn_jax import checkpoints, datasets, images, losses, metric_logging, run_config, run_files, train_state
+from ncsn_jax import checkpoints, images, losses, metric_logging, run_config, run_files, train_state
+from ncsn_jax.data import pipeline
 from ncsn_jax.sampling import sharded
 from ncsn_jax.runtime import data_parallel
 from ncsn_jax.errors import NonFiniteLossError
@@ -143,10 +144,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             draw_grid(start_step)
 
         train_batches = data_parallel.prefetch_to_mesh(
-            datasets.get_dataset(config, "train", host_batch_size, start_step=start_step), mesh
+            pipeline.get_dataset(config, "train", host_batch_size, start_step=start_step), mesh
         )
         test_batches = data_parallel.prefetch_to_mesh(
-            datasets.get_dataset(config, "test", host_batch_size, start_step=start_step // training.eval_freq),
+            pipeline.get_dataset(config, "test", host_batch_size, start_step=start_step // training.eval_freq),
             mesh,
         )
         writer = resources.enter_context(metric_logging.MetricWriter(workdir, start_step if resumed else None))

@@ -12,9 +12,10 @@ from typing import Iterable
 import ml_collections
 import numpy as np
 
-from ncsn_jax import datasets, schedule
+from ncsn_jax import schedule
+from ncsn_jax.data import pipeline
 from ncsn_jax.errors import DataError
-from ncsn_jax.reservoir import Reservoir
+from ncsn_jax.data.reservoir import Reservoir
 
 # Technique 1 uses every image of training sets up to this size, and a random subset above it.
 ALL_IMAGES_UP_TO = 60_000
@@ -72,7 +73,7 @@ def tune(config: ml_collections.ConfigDict) -> TunedSchedule:
     """Reads the config's training split once (this host reads all of it) and tunes the schedule."""
     data_config = config.copy_and_resolve_references()
     data_config.data.random_flip = False
-    batches = datasets.get_dataset(data_config, "train", batch_size=1, repeat=False,
+    batches = pipeline.get_dataset(data_config, "train", batch_size=1, repeat=False,
                                    process_index=0, process_count=1)
     images, seen = select_images(batches, config.seed)
     return tune_schedule(images, seen, config)

@@ -16,8 +16,8 @@ from PIL import Image
 
 from configs import celeba, church, cifar10, mnist, tiny
 from configs.default import get_default_config
+from ncsn_jax.data import pipeline, sources
 from ncsn_jax.errors import DataError
-from ncsn_jax import datasets
 
 REPO = pathlib.Path(__file__).parents[1]
 NUM_IMAGES = 20  # in the folder fixture: 18 train, 2 test
@@ -69,7 +69,7 @@ def ids_and_flips(batches):
 def read(config, split, batch_size, num_batches=None, **kwargs):
     """`num_batches` batches of host 0 of 1 (unless given); all of them with repeat=False."""
     kwargs = {"process_index": 0, "process_count": 1, **kwargs}
-    iterator = datasets.get_dataset(config, split, batch_size, repeat=num_batches is not None, **kwargs)
+    iterator = pipeline.get_dataset(config, split, batch_size, repeat=num_batches is not None, **kwargs)
     return list(iterator) if num_batches is None else [next(iterator) for _ in range(num_batches)]
 
 
@@ -78,16 +78,16 @@ def test_resize_and_crop_follows_torchvision_geometry():
     # Short side already 30, so no resize; the crop starts at round((W - 30) / 2), rounding half to even.
     for width, left in ((51, 10), (53, 12)):
         landscape = image[:, :width]
-        np.testing.assert_array_equal(datasets.resize_and_crop(landscape, 30, 3), landscape[:, left:left + 30])
+        np.testing.assert_array_equal(sources.resize_and_crop(landscape, 30, 3), landscape[:, left:left + 30])
         portrait = landscape.transpose(1, 0, 2)
-        np.testing.assert_array_equal(datasets.resize_and_crop(portrait, 30, 3), portrait[left:left + 30])
+        np.testing.assert_array_equal(sources.resize_and_crop(portrait, 30, 3), portrait[left:left + 30])
     for shape in [(40, 60, 3), (60, 40, 3), (17, 17, 3)]:
-        assert datasets.resize_and_crop(np.zeros(shape, np.uint8), 20, 3).shape == (20, 20, 3)
+        assert sources.resize_and_crop(np.zeros(shape, np.uint8), 20, 3).shape == (20, 20, 3)
     red = np.zeros((10, 10, 3), np.uint8)
     red[..., 0] = 255
-    np.testing.assert_array_equal(datasets.resize_and_crop(red, 10, 1), np.full((10, 10, 1), 76))  # 0.299 · 255
+    np.testing.assert_array_equal(sources.resize_and_crop(red, 10, 1), np.full((10, 10, 1), 76))  # 0.299 · 255
     with pytest.raises(ValueError, match="channels must be 1 or 3"):
-        datasets.resize_and_crop(red, 10, 4)
+        sources.resize_and_crop(red, 10, 4)
 
 
 def test_image_folder_splits_resizes_and_converts(folder):
@@ -161,7 +161,7 @@ def test_tfds_datasets_from_mock():
         # LSUN's test split is TFDS's validation split; the mock's images have random sizes.
         (churches,) = read(in_threads(church.get_config()), "test", 4)[:1]
         validation = tfds.data_source("lsun/church_outdoor", split="validation")
-        expected_churches = np.stack([datasets.resize_and_crop(validation[i]["image"], 96, 3) for i in range(4)])
+        expected_churches = np.stack([sources.resize_and_crop(validation[i]["image"], 96, 3) for i in range(4)])
     assert len(batches) == 3 and small.shape == (8, 16, 16, 3) and small.dtype == np.float32
     np.testing.assert_allclose(np.concatenate(batches), expected, rtol=1e-6)
     assert 0 <= small.min() <= small.max() <= 1
@@ -180,7 +180,7 @@ def test_prepared_tfds_records_give_the_images_tfds_decodes(tmp_path):
     config.data.tfds_data_dir = str(tmp_path)
     (batch,) = read(config, "test", 4)
     reference = tfds.builder("celeb_a", data_dir=str(tmp_path)).as_data_source("test")
-    expected = [datasets.resize_and_crop(reference[i]["image"], 64, 3, pre_crop=140) for i in range(4)]
+    expected = [sources.resize_and_crop(reference[i]["image"], 64, 3, pre_crop=140) for i in range(4)]
     np.testing.assert_array_equal(batch, np.stack(expected) / np.float32(255))
 
 
@@ -258,7 +258,7 @@ def test_worker_processes_ignore_the_stop_signals_end_with_the_iterator_and_neve
     config.data.decode_processes = 2
     expected = read(config, "train", 4, 6)
     before = child_processes()
-    iterator = datasets.get_dataset(config, "train", 4, process_index=0, process_count=1)
+    iterator = pipeline.get_dataset(config, "train", 4, process_index=0, process_count=1)
     batches = [next(iterator)]
     workers = child_processes() - before
     assert len(workers) == 2
@@ -281,7 +281,7 @@ def test_a_killed_worker_process_is_one_clear_error(folder):
     config = folder_config(folder)
     config.data.decode_processes = 2
     before = child_processes()
-    iterator = datasets.get_dataset(config, "train", 4, process_index=0, process_count=1)
+    iterator = pipeline.get_dataset(config, "train", 4, process_index=0, process_count=1)
     next(iterator)
     for pid in child_processes() - before:
         os.kill(pid, signal.SIGKILL)  # as the kernel's out-of-memory killer would
@@ -297,11 +297,11 @@ def test_worker_processes_need_no_main_guard_in_the_users_script(folder, tmp_pat
     script = tmp_path / "read_at_top_level.py"
     script.write_text(f"""
 from configs.default import get_default_config
-from ncsn_jax import datasets
+from ncsn_jax.data import pipeline
 config = get_default_config()
 config.data.dataset, config.data.path, config.data.image_size = "image_folder", {str(folder)!r}, 8
 config.data.decode_processes = 2
-iterator = datasets.get_dataset(config, "train", 4, process_index=0, process_count=1)
+iterator = pipeline.get_dataset(config, "train", 4, process_index=0, process_count=1)
 print([next(iterator).shape for _ in range(3)])
 """)
     root = pathlib.Path(__file__).parents[1]
@@ -313,11 +313,11 @@ print([next(iterator).shape for _ in range(3)])
 
 def test_batch_plan_is_a_pure_function_of_the_step():
     plan = dict(batch_size=5, host_examples=np.arange(1, 24, 2), seed=(0, 1), shuffle=True, flip=True)
-    first, flips = zip(*(datasets.batch_plan(step, **plan) for step in range(12)))
+    first, flips = zip(*(pipeline.batch_plan(step, **plan) for step in range(12)))
     stream = np.concatenate(first)
     assert all(sorted(stream[12 * e:12 * (e + 1)]) == list(range(1, 24, 2)) for e in range(5))
-    np.testing.assert_array_equal(datasets.batch_plan(7, **plan)[0], first[7])
-    np.testing.assert_array_equal(datasets.batch_plan(7, **plan)[1], flips[7])
+    np.testing.assert_array_equal(pipeline.batch_plan(7, **plan)[0], first[7])
+    np.testing.assert_array_equal(pipeline.batch_plan(7, **plan)[1], flips[7])
 
 
 def test_bad_inputs_raise_errors_that_say_what_to_do(tmp_path, folder):
@@ -400,16 +400,16 @@ def test_pipelines_never_import_tensorflow(folder):
 import sys
 from configs import cifar10, mnist
 from configs.default import get_default_config
-from ncsn_jax import datasets
+from ncsn_jax.data import pipeline
 from ncsn_jax.errors import DataError
-next(datasets.get_dataset(mnist.get_config(), "train", 4, process_index=0, process_count=1))
+next(pipeline.get_dataset(mnist.get_config(), "train", 4, process_index=0, process_count=1))
 config = get_default_config()
 config.data.dataset, config.data.path, config.data.image_size = "image_folder", {str(folder)!r}, 8
-next(datasets.get_dataset(config, "train", 4, process_index=0, process_count=1))
+next(pipeline.get_dataset(config, "train", 4, process_index=0, process_count=1))
 config = cifar10.get_config()
 config.data.tfds_data_dir = {str(folder)!r}
 try:
-    datasets.get_dataset(config, "train", 4, process_index=0, process_count=1)
+    pipeline.get_dataset(config, "train", 4, process_index=0, process_count=1)
 except DataError:
     print(sorted(name for name in sys.modules if name.split(".")[0] == "tensorflow"))
 """

@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.image_classification import cifar
 
 from configs import cifar10
-from ncsn_jax import datasets
+from ncsn_jax.data import pipeline
 
 REPO = pathlib.Path(__file__).parent.parent
 
@@ -47,14 +47,14 @@ import sys
 import numpy as np
 
 from configs import cifar10
-from ncsn_jax import datasets
+from ncsn_jax.data import pipeline
 
 config = cifar10.get_config()
 config.data.tfds_data_dir = sys.argv[1]
-train = datasets.get_dataset(config, "train", 8, process_index=0, process_count=1)
+train = pipeline.get_dataset(config, "train", 8, process_index=0, process_count=1)
 train_batches = np.stack([next(train) for _ in range(6)])
 train.close()
-test_batches = np.stack(list(datasets.get_dataset(config, "test", 4, process_index=0, process_count=1, repeat=False)))
+test_batches = np.stack(list(pipeline.get_dataset(config, "test", 4, process_index=0, process_count=1, repeat=False)))
 np.savez(sys.argv[2], train=train_batches, test=test_batches,
          tensorflow_modules=sorted(name for name in sys.modules if name.partition(".")[0] == "tensorflow"),
          tensorflow_found=importlib.util.find_spec("tensorflow") is not None)
@@ -113,7 +113,7 @@ def test_training_pipeline_reads_array_record_without_tensorflow(tmp_path):
     pixels = np.rint(without["train"] * 255).astype(np.uint8)
     ids = pixels[:, :, 0, 0, 0].astype(int)
     for step, (batch, batch_ids) in enumerate(zip(pixels, ids)):
-        _, flips = datasets.batch_plan(step, batch_size=8, host_examples=np.arange(24), seed=(config.seed, 0),
+        _, flips = pipeline.batch_plan(step, batch_size=8, host_examples=np.arange(24), seed=(config.seed, 0),
                                        shuffle=True, flip=True)
         expected = np.where(flips[:, None, None, None], images["train"][batch_ids, :, ::-1], images["train"][batch_ids])
         np.testing.assert_array_equal(batch, expected)

@@ -27,16 +27,17 @@ RUN = {**TINY_MNIST, "training.n_iters": 4, "training.snapshot_freq": 2, "traini
 REFERENCE = """
 import functools, sys
 import numpy as np
-from ncsn_jax import cli, datasets
+from ncsn_jax import cli
+from ncsn_jax.data import pipeline
 
-read = datasets.get_dataset
+read = pipeline.get_dataset
 
 def as_two_hosts(config, split, batch_size, *, start_step=0, repeat=True, **unused):
     hosts = [read(config, split, batch_size // 2, start_step=start_step, repeat=repeat, process_index=i,
                   process_count=2) for i in range(2)]
     return (np.concatenate(pair) for pair in zip(*hosts))
 
-datasets.get_dataset = as_two_hosts
+pipeline.get_dataset = as_two_hosts
 cli.run_cli()
 """
 

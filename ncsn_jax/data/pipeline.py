@@ -1,6 +1,6 @@
 """Input pipelines: NHWC float32 batches in [0, 1], sharded per host, exactly resumable.
 
-Every dataset is a random-access list of examples (`ncsn_jax.image_sources`), so that one scheme orders
+Every dataset is a random-access list of examples (`ncsn_jax.data.sources`), so that one scheme orders
 all of them:
 
 - The split's examples are dealt to the hosts record by record: host i of n owns examples
@@ -16,7 +16,7 @@ all of them:
   `config.data.decode_processes` of them (None: one per core this process may use; 0: threads of this
   process instead), a few batches ahead. Processes, because decoding in Python threads holds the GIL long
   enough (TFDS parses each record in Python) that threads did not scale past one core. A worker imports
-  only `image_sources` (no JAX) and ignores SIGINT and SIGTERM, which the training loop handles.
+  only `sources` (no JAX) and ignores SIGINT and SIGTERM, which the training loop handles.
 - An image file that does not decode (truncated, not an image) is skipped with a warning naming it:
   its place is taken by the next example of the split that decodes, so a batch is still a pure
   function of the step. More than `config.data.max_undecodable_fraction` of a split's files failing
@@ -45,11 +45,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from ncsn_jax import image_sources
+from ncsn_jax.data import sources
 from ncsn_jax.errors import DataError
-# What other modules use of the sources, through the pipeline's name.
-from ncsn_jax.image_sources import (DATASETS, LSUN_CATEGORIES, TFDS_NAMES, missing_tfds_message,  # noqa: F401
-                                    mnist_digits, not_random_access_message, resize_and_crop)
 
 _PREFETCH_BATCHES = 3  # batches decoded ahead of the consumer (at least)
 _MAX_WORKERS = 32
@@ -98,13 +95,13 @@ def get_dataset(
     if batch_size < 1 or start_step < 0:
         raise ValueError(f"batch_size must be >= 1 and start_step >= 0, got {batch_size} and {start_step}")
 
-    spec = image_sources.DataSpec.from_config(config.data)
+    spec = sources.DataSpec.from_config(config.data)
 
     def report(index: int, description: str, reason: str) -> None:  # only while reading, after `tally` is set
         tally.record(index, description, reason)
 
-    source = image_sources.make_source(spec, split, report)
-    tally = image_sources.UndecodableTally(source.num_examples, spec.max_undecodable_fraction)
+    source = sources.make_source(spec, split, report)
+    tally = sources.UndecodableTally(source.num_examples, spec.max_undecodable_fraction)
     per_host = source.num_examples // process_count
     if batch_size > per_host:
         raise DataError(
@@ -176,9 +173,9 @@ def _usable_cores() -> int:
 
 
 def _iterate(
-    source: image_sources.Source,
-    tally: image_sources.UndecodableTally,
-    workers_spec: tuple[image_sources.DataSpec, str, int | None],
+    source: sources.Source,
+    tally: sources.UndecodableTally,
+    workers_spec: tuple[sources.DataSpec, str, int | None],
     plan: Callable[[int], tuple[np.ndarray, np.ndarray]],
     batch_size: int,
     start_step: int,
@@ -194,7 +191,7 @@ def _iterate(
         per_task = max(1, min(_MAX_EXAMPLES_PER_PROCESS_TASK, math.ceil(batch_size / workers)))
     else:
         pool = concurrent.futures.ThreadPoolExecutor(min(_MAX_WORKERS, _usable_cores()))
-        submit = functools.partial(pool.submit, image_sources.read_flipped_and_found, source)
+        submit = functools.partial(pool.submit, sources.read_flipped_and_found, source)
         per_task, workers = source.examples_per_task, 0
     tasks_per_batch = math.ceil(batch_size / per_task)
     # Enough batches in flight that every worker process has two tasks queued.
@@ -223,7 +220,7 @@ def _iterate(
 
 
 class _DecodingProcesses:
-    """`workers` processes that each read a split's examples (`image_sources.serve_decoding`).
+    """`workers` processes that each read a split's examples (`sources.serve_decoding`).
 
     Started with `python -c`, not with multiprocessing: this process runs JAX's threads (so no fork), and
     multiprocessing's spawn would re-run the user's main script in every worker. Tasks go to the workers
@@ -232,10 +229,10 @@ class _DecodingProcesses:
     one thread.
     """
 
-    def __init__(self, workers: int, spec: image_sources.DataSpec, split: str):
-        package_root = str(pathlib.Path(image_sources.__file__).resolve().parent.parent)
+    def __init__(self, workers: int, spec: sources.DataSpec, split: str):
+        package_root = str(pathlib.Path(sources.__file__).resolve().parents[2])  # the folder that holds ncsn_jax/
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-        command = [sys.executable, "-c", "from ncsn_jax import image_sources; image_sources.serve_decoding()"]
+        command = [sys.executable, "-c", "from ncsn_jax.data import sources; sources.serve_decoding()"]
         self._processes = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
                            for _ in range(workers)]
         self._queues = [collections.deque() for _ in range(workers)]  # each worker's unanswered futures
