@@ -46,7 +46,8 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import configs  # noqa: E402  (the checkout's configs/, loaded by name or path)
-from ncsn_jax import config_checks, images, losses, train, train_state  # noqa: E402
+from ncsn_jax import config_checks, losses, train, train_state  # noqa: E402
+from ncsn_jax.run import images  # noqa: E402
 from ncsn_jax.data import pipeline  # noqa: E402
 from ncsn_jax.sampling import methods, sharded  # noqa: E402
 from ncsn_jax.runtime import data_parallel  # noqa: E402

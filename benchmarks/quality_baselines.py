@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import configs  # noqa: E402  (the checkout's configs/, loaded by name or path)
-from ncsn_jax import images  # noqa: E402
+from ncsn_jax.run import images  # noqa: E402
 from ncsn_jax.data import pipeline  # noqa: E402
 from ncsn_jax.evaluation import features, reference, sweep  # noqa: E402
 

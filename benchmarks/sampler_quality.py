@@ -37,7 +37,8 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import configs  # noqa: E402  (the checkout's configs/, loaded by name or path)
-from ncsn_jax import config_checks, images, schedule, weights  # noqa: E402
+from ncsn_jax import config_checks, schedule  # noqa: E402
+from ncsn_jax.run import images, weights  # noqa: E402
 from ncsn_jax.sampling import methods, sharded  # noqa: E402
 from ncsn_jax.runtime import data_parallel  # noqa: E402
 from ncsn_jax.evaluation import features, reference, sweep  # noqa: E402

@@ -21,7 +21,8 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ncsn_jax import checkpoints, config_checks, prepare, run_files, sample_modes, train, tune
+from ncsn_jax import config_checks, prepare, sample_modes, train, tune
+from ncsn_jax.run import checkpoints, files
 from ncsn_jax.runtime import cpu_runtime, processes
 from ncsn_jax.errors import ConfigError, UserError, WorkdirError
 from ncsn_jax.runtime.stop_signals import StoppedBySignal
@@ -106,11 +107,11 @@ FLAGS = flags.FLAGS
 
 def check_workdir(workdir: str) -> None:
     """Raises WorkdirError when `workdir` names something other than a folder (or a place for one)."""
-    scheme = workdir.split("://")[0] if run_files.is_remote(workdir) else None
-    if scheme is not None and scheme not in run_files.REMOTE_SCHEMES:
+    scheme = workdir.split("://")[0] if files.is_remote(workdir) else None
+    if scheme is not None and scheme not in files.REMOTE_SCHEMES:
         raise WorkdirError(f"--workdir {workdir}: a workdir is a local path or a gs:// URL ({scheme}:// is not "
                            "supported, since Orbax cannot write checkpoints there)")
-    location = run_files.path(workdir)
+    location = files.path(workdir)
     if location.exists() and not location.is_dir():
         raise WorkdirError(f"--workdir {workdir} is a file, not a folder: choose a folder's path (it is created "
                            "when missing)")
@@ -129,7 +130,7 @@ def resolve_workdir(workdir: str | None, mode: str, config_file: str) -> str | N
     """
     if workdir or mode in NO_WORKDIR_MODES:
         return workdir
-    workdir = run_files.default_workdir(config_file)
+    workdir = files.default_workdir(config_file)
     logging.info("workdir: %s (the default for --config %s; set --workdir to choose another)", workdir, config_file)
     return workdir
 

@@ -1,6 +1,6 @@
 """`--mode sample | inpaint | interpolate`: images from a trained model, written as a PNG grid and an .npz.
 
-Each mode loads the weights to sample with (`ncsn_jax.weights`: θ' of a checkpoint, or an official
+Each mode loads the weights to sample with (`ncsn_jax.run.weights`: θ' of a checkpoint, or an official
 PyTorch one), runs its driver of `ncsn_jax.sampling.sharded` over every device and writes
 `<workdir>/<mode>/<mode>_step_<N>.png` and `.npz` (`_official` for an official checkpoint; a sampler
 other than the paper's adds its name, e.g. `sample_step_<N>_ode_stride2.png`).
@@ -14,7 +14,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ncsn_jax import config_checks, images, run_files, weights
+from ncsn_jax import config_checks
+from ncsn_jax.run import files, images, weights
 from ncsn_jax.data import pipeline
 from ncsn_jax.sampling import methods, sharded
 from ncsn_jax.runtime import data_parallel
@@ -75,9 +76,9 @@ def run_mode(
             score_fn, sigmas, settings, rng, starts, settings.n_interpolations, mesh)
         nrow = settings.n_interpolations
 
-    png = run_files.mode_output(workdir, mode, label, ".png")
+    png = files.mode_output(workdir, mode, label, ".png")
     if jax.process_index() == 0:
         images.save_grid(images_out, png, nrow)
-        run_files.save_npz(run_files.mode_output(workdir, mode, label, ".npz"), compressed=True, images=images_out)
+        files.save_npz(files.mode_output(workdir, mode, label, ".npz"), compressed=True, images=images_out)
         logging.info("wrote %s", png)
     return os.fspath(png)

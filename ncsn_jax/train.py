@@ -19,7 +19,8 @@ import tqdm
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ncsn_jax import checkpoints, images, losses, metric_logging, run_config, run_files, train_state
+from ncsn_jax import losses, train_state
+from ncsn_jax.run import checkpoints, config_record, files, images, metric_logging
 from ncsn_jax.data import pipeline
 from ncsn_jax.sampling import sharded
 from ncsn_jax.runtime import data_parallel
@@ -27,7 +28,7 @@ from ncsn_jax.errors import NonFiniteLossError
 from ncsn_jax.models.score import get_score_fn
 from ncsn_jax.runtime.stop_signals import StopSignals, StoppedBySignal
 from ncsn_jax.train_state import TrainState
-from ncsn_jax.workdir_lock import WorkdirLock
+from ncsn_jax.run.lock import WorkdirLock
 
 
 def _loss(params, state: TrainState, batch: jax.Array, rng: jax.Array) -> jax.Array:
@@ -77,7 +78,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     Logs the training loss every `log_freq` steps and the EMA test loss every `eval_freq` steps; saves a
     checkpoint and a sample grid every `snapshot_freq` steps and at the end. The config is saved as
     `<workdir>/config.json`, and a resumed run must agree with it on the fields that shape the arrays
-    (`run_config`); log lines of steps after the resumed one are replaced, and a grid that a kill left
+    (`config_record`); log lines of steps after the resumed one are replaced, and a grid that a kill left
     undrawn is drawn.
 
     SIGTERM (a preemption) or SIGINT (Ctrl-C) makes it save the step reached and raise StoppedBySignal;
@@ -109,14 +110,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         # From here a signal only asks to stop: it is honoured after the first step that follows it.
         stop_signals = resources.enter_context(StopSignals(multiprocess=jax.process_count() > 1))
         checkpointer = resources.enter_context(checkpoints.Checkpointer(
-            run_files.checkpoints_dir(workdir), max_to_keep=training.keep_checkpoints,
+            files.checkpoints_dir(workdir), max_to_keep=training.keep_checkpoints,
             keep_every=training.keep_every,
         ))
         if checkpointer.latest_step() is not None:
-            run_config.check_same_arrays(config, workdir)
+            config_record.check_same_arrays(config, workdir)
         if jax.process_count() > 1:  # every process has read the saved config before process 0 replaces it
             multihost_utils.sync_global_devices("ncsn_jax.train.config_checked")
-        run_config.save(config, workdir)
+        config_record.save(config, workdir)
         state = checkpointer.restore_latest(train_state.abstract_train_state(config, mesh))
         resumed = state is not None
         if not resumed:
@@ -132,12 +133,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 jax.random.fold_in(sample_key, step), training.snapshot_samples, mesh, progress_bar=False,
             )
             if jax.process_index() == 0:
-                images.save_grid(samples, run_files.training_grid(workdir, step))
+                images.save_grid(samples, files.training_grid(workdir, step))
 
         # A kill between a checkpoint and its grid leaves the grid undrawn: draw it now (same key).
         # Drawing is collective, so process 0 (which writes the grids) decides for all.
         grid_missed = (resumed and _is_snapshot(start_step, training)
-                       and not run_files.exists(run_files.training_grid(workdir, start_step)))
+                       and not files.exists(files.training_grid(workdir, start_step)))
         if jax.process_count() > 1:
             grid_missed = bool(multihost_utils.broadcast_one_to_all(np.int32(grid_missed)))
         if grid_missed and training.snapshot_samples:

@@ -11,7 +11,8 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from configs import tiny
-from ncsn_jax import checkpoints, train, train_state
+from ncsn_jax import train, train_state
+from ncsn_jax.run import checkpoints
 from ncsn_jax.errors import CheckpointMismatchError, CheckpointNotFoundError, UnreadableCheckpointError
 
 # When Orbax fails to read a damaged file, TensorStore later calls back into an event loop Orbax has

@@ -13,7 +13,8 @@ from ml_collections import config_flags
 
 import configs
 from configs import mnist
-from ncsn_jax import checkpoints, cli, prepare, sample_modes, train, train_state, tune
+from ncsn_jax import cli, prepare, sample_modes, train, train_state, tune
+from ncsn_jax.run import checkpoints
 from ncsn_jax.errors import UserError, WorkdirError
 from ncsn_jax.evaluation import reference, sweep
 from tests.test_main import REPO, command, tiny_mnist

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ncsn_jax import checkpoints, run_config, train, train_state
+from ncsn_jax import train, train_state
+from ncsn_jax.run import checkpoints, config_record
 from ncsn_jax.runtime import data_parallel
 from ncsn_jax.errors import CheckpointMismatchError
 from tests.test_main import REPO, command, tiny_mnist
@@ -67,7 +68,7 @@ def test_ctrl_c_then_sigterm_save_the_step_reached_and_the_reruns_resume_from_it
 def test_resuming_with_another_input_size_or_ladder_is_refused_naming_each_field(tmp_path):
     # The workdir as a run of `config` leaves it: its config.json and a checkpoint.
     config = tiny_mnist()
-    run_config.save(config, str(tmp_path))
+    config_record.save(config, str(tmp_path))
     with checkpoints.Checkpointer(tmp_path / "checkpoints") as checkpointer:
         checkpointer.save(3, train_state.init_train_state(config, jax.random.key(0), data_parallel.data_mesh()))
 
@@ -78,7 +79,7 @@ def test_resuming_with_another_input_size_or_ladder_is_refused_naming_each_field
     assert "data.image_size 28 there, 8 here" in message and "model.sigma_begin 16.0 there, 20.0 here" in message
     assert "\n" not in message and "ngf" not in message and saved_steps(tmp_path) == [3]
     # Fields that leave the arrays' meaning alone may change.
-    run_config.check_same_arrays(tiny_mnist(**{"training.batch_size": 4, "optim.lr": 1e-3}), str(tmp_path))
+    config_record.check_same_arrays(tiny_mnist(**{"training.batch_size": 4, "optim.lr": 1e-3}), str(tmp_path))
 
 
 def test_a_resumed_run_replaces_replayed_log_lines_and_draws_the_grid_a_kill_skipped(tmp_path):

@@ -2,7 +2,7 @@
 import numpy as np
 from PIL import Image
 
-from ncsn_jax import images
+from ncsn_jax.run import images
 
 
 def test_grid_layout_and_clamping():

@@ -13,7 +13,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import mnist, tiny
-from ncsn_jax import checkpoints, cli, train, train_state
+from ncsn_jax import cli, train, train_state
+from ncsn_jax.run import checkpoints
 from ncsn_jax.runtime import data_parallel
 from ncsn_jax.errors import NonFiniteLossError
 

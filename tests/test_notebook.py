@@ -14,7 +14,8 @@ import nbformat
 import numpy as np
 from PIL import Image
 
-from ncsn_jax import checkpoints, cli, train_state
+from ncsn_jax import cli, train_state
+from ncsn_jax.run import checkpoints
 from tests.test_main import TINY_MNIST, tiny_mnist
 
 REPO = pathlib.Path(__file__).parent.parent

@@ -25,7 +25,8 @@ import jax
 import numpy as np
 import pytest
 
-from ncsn_jax import checkpoints, run_files, train_state
+from ncsn_jax import train_state
+from ncsn_jax.run import checkpoints, files
 from ncsn_jax.runtime import data_parallel
 from tests.test_main import REPO, TINY_MNIST, tiny_mnist
 
@@ -138,7 +139,7 @@ def read_text(storage, name):
 
 def restored_state(workdir, step):
     template = train_state.abstract_train_state(tiny_mnist(), data_parallel.data_mesh())
-    with checkpoints.Checkpointer(run_files.checkpoints_dir(workdir)) as checkpointer:
+    with checkpoints.Checkpointer(files.checkpoints_dir(workdir)) as checkpointer:
         return checkpointer.restore(step, template)
 
 

@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from ncsn_jax import checkpoints, cli, train, weights
+from ncsn_jax import cli, train
+from ncsn_jax.run import checkpoints, weights
 from ncsn_jax.sampling import sharded
 from ncsn_jax.errors import CheckpointNotFoundError, ConfigError, DataError
 from ncsn_jax.evaluation import digits, metrics, reference, sweep

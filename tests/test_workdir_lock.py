@@ -7,11 +7,11 @@ import sys
 import pytest
 
 from ncsn_jax.errors import WorkdirError
-from ncsn_jax.workdir_lock import WorkdirLock
+from ncsn_jax.run.lock import WorkdirLock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-HOLD = "import sys, time; from ncsn_jax.workdir_lock import WorkdirLock\nwith WorkdirLock(sys.argv[1], 'train'):\n" \
+HOLD = "import sys, time; from ncsn_jax.run.lock import WorkdirLock\nwith WorkdirLock(sys.argv[1], 'train'):\n" \
        "    print('locked', flush=True); time.sleep(600)"
 
 

@@ -148,7 +148,7 @@ def save_statistics(path: str | os.PathLike | BinaryIO, mu: ArrayLike, sigma: Ar
 
     Args:
       path: the local file to write, used exactly as given (NumPy would append `.npz` to a bare name), or
-        a binary file object (e.g. a buffer that `ncsn_jax.run_files` writes to object storage).
+        a binary file object (e.g. a buffer that `ncsn_jax.run.files` writes to object storage).
       mu: (D,) feature mean.
       sigma: (D, D) feature covariance.
       **extra: more arrays to store under their own keys (readers of the format ignore them).

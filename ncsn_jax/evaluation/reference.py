@@ -15,7 +15,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from ncsn_jax import run_files
+from ncsn_jax.run import files
 from ncsn_jax.data import pipeline
 from ncsn_jax.errors import DataError
 from ncsn_jax.evaluation import metrics
@@ -36,7 +36,7 @@ def statistics_path(config: ml_collections.ConfigDict, workdir: str) -> str:
     """`eval.stats_path`, or `<workdir>/stats/<dataset>_<split>.npz` when that is empty."""
     if config.eval.stats_path:
         return config.eval.stats_path
-    return str(run_files.default_statistics(workdir, config.data.dataset, config.eval.stats_split))
+    return str(files.default_statistics(workdir, config.data.dataset, config.eval.stats_split))
 
 
 def dataset_statistics(
@@ -69,7 +69,7 @@ def save_reference_statistics(path: str, stats: ReferenceStatistics) -> None:
     extra = {} if stats.kid_features is None else {"kid_features": stats.kid_features}
     contents = io.BytesIO()
     metrics.save_statistics(contents, stats.mu, stats.sigma, **extra)
-    run_files.write_bytes(path, contents.getvalue())
+    files.write_bytes(path, contents.getvalue())
 
 
 def load_reference_statistics(path: str) -> ReferenceStatistics:
@@ -79,11 +79,11 @@ def load_reference_statistics(path: str) -> ReferenceStatistics:
       DataError: no file at `path` (the message says how to make one), or one that lacks `mu` or `sigma`
         or whose shapes disagree.
     """
-    if not run_files.exists(path):
+    if not files.exists(path):
         raise DataError(
             f"no reference statistics at {path}: compute them with --mode stats (same config and workdir), "
             "or set --config.eval.stats_path to a TTUR/pytorch-fid .npz file")
-    contents = run_files.read_bytes(path)
+    contents = files.read_bytes(path)
     try:
         mu, sigma = metrics.load_statistics(io.BytesIO(contents), name=str(path))
     except ValueError as error:  # what load_statistics says of a file that is not a statistics file

@@ -27,7 +27,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from ncsn_jax import checkpoints, images, run_files, weights
+from ncsn_jax.run import checkpoints, files, images, weights
 from ncsn_jax.sampling import methods, sharded
 from ncsn_jax.runtime import data_parallel
 from ncsn_jax.errors import CheckpointNotFoundError, ConfigError
@@ -35,7 +35,7 @@ from ncsn_jax.evaluation import metrics
 from ncsn_jax.evaluation.features import FeatureExtractor, feature_extractor
 from ncsn_jax.evaluation.reference import ReferenceStatistics, load_reference_statistics, statistics_path
 from ncsn_jax.train_state import SamplingState
-from ncsn_jax.workdir_lock import WorkdirLock
+from ncsn_jax.run.lock import WorkdirLock
 
 
 def quality_metrics(
@@ -64,7 +64,7 @@ def sample_features(
     rng: jax.Array,
     num_samples: int,
     mesh: Mesh,
-    cache_dir: run_files.PathLike,
+    cache_dir: files.PathLike,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Features and logits of `num_samples` samples, each sampled batch's kept in `cache_dir`.
 
@@ -73,7 +73,7 @@ def sample_features(
     """
     num_batches = math.ceil(num_samples / config.sampling.batch_size)
     done = 0
-    while done < num_batches and run_files.exists(_batch_path(cache_dir, done)):
+    while done < num_batches and files.exists(_batch_path(cache_dir, done)):
         done += 1
     if jax.process_count() > 1:
         # Every process must sample the same batches; process 0 writes the cache, so its view decides (a
@@ -89,23 +89,23 @@ def sample_features(
         features, logits = extractor.fn(samples)
         if jax.process_index() == 0:
             if index == 0:
-                images.save_grid(samples[:64], run_files.path(cache_dir) / "samples.png")
+                images.save_grid(samples[:64], files.path(cache_dir) / "samples.png")
             # Whole: a kill during the write never leaves a truncated batch that would be read.
-            run_files.save_npz(_batch_path(cache_dir, index), features=features, logits=logits)
+            files.save_npz(_batch_path(cache_dir, index), features=features, logits=logits)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("ncsn_jax.evaluation.sweep.sample_features")
-    parts = [run_files.load_npz(_batch_path(cache_dir, i)) for i in range(num_batches)]
+    parts = [files.load_npz(_batch_path(cache_dir, i)) for i in range(num_batches)]
     return (np.concatenate([p["features"] for p in parts])[:num_samples],
             np.concatenate([p["logits"] for p in parts])[:num_samples])
 
 
-def _batch_path(cache_dir: run_files.PathLike, index: int) -> epath.Path:
-    return run_files.path(cache_dir) / f"batch_{index:05d}.npz"
+def _batch_path(cache_dir: files.PathLike, index: int) -> epath.Path:
+    return files.path(cache_dir) / f"batch_{index:05d}.npz"
 
 
 def evaluate_checkpoint(
     state: SamplingState, config: ml_collections.ConfigDict, extractor: FeatureExtractor,
-    reference: ReferenceStatistics, num_samples: int, mesh: Mesh, eval_dir: run_files.PathLike,
+    reference: ReferenceStatistics, num_samples: int, mesh: Mesh, eval_dir: files.PathLike,
 ) -> dict[str, float]:
     """The metrics of one checkpoint's EMA weights on `num_samples` samples.
 
@@ -115,12 +115,12 @@ def evaluate_checkpoint(
     so new reference statistics take effect.
     """
     step = int(state.step)
-    cache_dir = run_files.path(eval_dir) / f"step_{step}_n{num_samples}_{_settings_digest(config, extractor)}"
+    cache_dir = files.path(eval_dir) / f"step_{step}_n{num_samples}_{_settings_digest(config, extractor)}"
     rng = jax.random.fold_in(jax.random.key(config.seed), step)
     features, logits = sample_features(state, config, extractor, rng, num_samples, mesh, cache_dir)
     result = quality_metrics(features, logits, reference, config)
     if jax.process_index() == 0:
-        run_files.write_text(cache_dir / "metrics.json", json.dumps(result, indent=1))
+        files.write_text(cache_dir / "metrics.json", json.dumps(result, indent=1))
     return result
 
 
@@ -176,7 +176,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str, checkpoint_step: i
                 "same config.eval.features")
         mesh = data_parallel.data_mesh()
         steps = steps_to_evaluate(weights.checkpoint_steps(workdir), config, checkpoint_step)
-        eval_dir = run_files.eval_dir(workdir)
+        eval_dir = files.eval_dir(workdir)
         results = {}
         for step in steps:
             # Only θ' and the ladder are read, and one checkpoint's at a time.
@@ -190,7 +190,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str, checkpoint_step: i
         report = {"features": extractor.name, "reference": statistics_path(config, workdir),
                   "checkpoints": {str(s): r for s, r in results.items()}, "best_step": best_step}
 
-        with checkpoints.Checkpointer(run_files.best_checkpoints_dir(workdir), keep_best_by="fd") as best:
+        with checkpoints.Checkpointer(files.best_checkpoints_dir(workdir), keep_best_by="fd") as best:
             if best_step not in best.all_steps():
                 # force: Orbax otherwise refuses a step older than the one it holds; it keeps the lower FD.
                 best.save(best_step, state, force=True, metrics={"fd": results[best_step]["fd"]})
@@ -200,7 +200,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str, checkpoint_step: i
                 state, config, extractor, reference, final_samples, mesh, eval_dir)
             logging.info("best step %d on %d samples: %s", best_step, final_samples, _summary(report["best"]))
         if jax.process_index() == 0:
-            run_files.write_text(eval_dir / "report.json", json.dumps(report, indent=1))
+            files.write_text(eval_dir / "report.json", json.dumps(report, indent=1))
     return report
 
 

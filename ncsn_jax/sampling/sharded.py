@@ -4,7 +4,7 @@ The drivers take a score function, the ladder σ1 > … > σL and the sampling s
 `method`, `batch_size`, `n_steps_each` = T, `step_lr` = ε, `denoise`, …, vetted by `ncsn_jax.config_checks`),
 run the jit-compiled program of the method's record in `ncsn_jax.sampling.methods` on batches split over
 the mesh and gather the images on every host. They know nothing of checkpoints or train states
-(`ncsn_jax.weights` gives the score function of a checkpoint).
+(`ncsn_jax.run.weights` gives the score function of a checkpoint).
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from ncsn_jax import run_files
+from ncsn_jax.run import files
 from ncsn_jax.errors import CheckpointMismatchError
 
 # The fields that change the parameters or their meaning: the input the network sees, the network, and
@@ -28,7 +28,7 @@ def save(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Writes `config` to `<workdir>/config.json` (process 0; whole, so a kill leaves a whole file)."""
     if jax.process_index() != 0:
         return
-    run_files.write_text(run_files.config_file(workdir), config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+    files.write_text(files.config_file(workdir), config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
 
 def check_same_arrays(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -36,10 +36,10 @@ def check_same_arrays(config: ml_collections.ConfigDict, workdir: str) -> None:
 
     A workdir without `config.json` (from before it was written) passes.
     """
-    path = run_files.config_file(workdir)
+    path = files.config_file(workdir)
     if not path.exists():
         return
-    saved = json.loads(run_files.read_text(path))
+    saved = json.loads(files.read_text(path))
     current = config.to_dict()
     differences = [f"{field} {_get(saved, field)!r} there, {_get(current, field)!r} here"
                    for field in ARRAY_FIELDS if _get(saved, field) != _get(current, field)]

@@ -16,14 +16,15 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from ncsn_jax import checkpoints, run_files, train_state
+from ncsn_jax import train_state
+from ncsn_jax.run import checkpoints, files
 from ncsn_jax.official import convert
 from ncsn_jax.errors import CheckpointMismatchError, CheckpointNotFoundError, UnreadableCheckpointError
 from ncsn_jax.train_state import SamplingState
 
 def checkpoint_steps(workdir: str) -> list[int]:
     """The steps of the training checkpoints in `<workdir>/checkpoints`, ascending."""
-    with checkpoints.Checkpointer(run_files.checkpoints_dir(workdir)) as checkpointer:
+    with checkpoints.Checkpointer(files.checkpoints_dir(workdir)) as checkpointer:
         return checkpointer.all_steps()
 
 
@@ -52,7 +53,7 @@ def load_sampling_state(
     if official_checkpoint:
         return _load_official(official_checkpoint, template, train_state.noise_levels(config))
 
-    directory = run_files.checkpoints_dir(workdir)
+    directory = files.checkpoints_dir(workdir)
     with checkpoints.Checkpointer(directory) as checkpointer:
         available = checkpointer.all_steps()
         if step is None:
@@ -72,7 +73,7 @@ def load_sampling_state(
 
 def _restore_best(workdir: str, step: int, template: SamplingState) -> SamplingState | None:
     """Step `step` from `<workdir>/checkpoints_best` (where --mode eval keeps the best), if it is there."""
-    directory = run_files.best_checkpoints_dir(workdir)
+    directory = files.best_checkpoints_dir(workdir)
     if not directory.is_dir():
         return None
     with checkpoints.Checkpointer(directory, keep_best_by="fd") as best:

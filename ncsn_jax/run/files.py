@@ -13,7 +13,7 @@ none is used).
 
 Layout of a workdir (checkpoints' insides are Orbax's):
 
-    config.json                     the training config (`run_config`)
+    config.json                     the training config (`config_record`)
     metrics.jsonl, tensorboard/     the training metrics (`metric_logging`)
     checkpoints/<step>/             training checkpoints
     checkpoints_best/<step>/        the best checkpoint by FID (--mode eval)
@@ -21,7 +21,7 @@ Layout of a workdir (checkpoints' insides are Orbax's):
     <mode>/<mode>_<label>.png/.npz  --mode sample | inpaint | interpolate
     stats/<dataset>_<split>.npz     --mode stats
     eval/...                        --mode eval: feature cache, metrics, report.json
-    .<role>.lock                    who runs on the folder (local disks only; see `workdir_lock`)
+    .<role>.lock                    who runs on the folder (local disks only; see `lock`)
 """
 from __future__ import annotations
 

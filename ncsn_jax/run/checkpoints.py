@@ -33,7 +33,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ncsn_jax import run_files, trees
+from ncsn_jax import trees
+from ncsn_jax.run import files
 from ncsn_jax.errors import (CheckpointMismatchError, CheckpointNotFoundError, CheckpointWriteError,
                              UnreadableCheckpointError)
 
@@ -129,7 +130,7 @@ class Checkpointer:
             raise ValueError(f"max_to_keep must be at least 1, got {max_to_keep}")
         if keep_every is not None and keep_every < 0:
             raise ValueError(f"keep_every must be positive (or 0/None for none), got {keep_every}")
-        directory = run_files.path(directory)  # absolute, as Orbax needs; gs:// and other URLs as they are
+        directory = files.path(directory)  # absolute, as Orbax needs; gs:// and other URLs as they are
         if keep_best_by:
             # Orbax's best_fn (rather than a BestN preservation policy) also ranks the checkpoints a
             # previous run saved, from the metrics stored beside them.
@@ -376,7 +377,7 @@ class Checkpointer:
                 source.rename(target)
                 logging.warning("moved the unreadable checkpoint %d aside to %s", step, target)
         if jax.process_count() > 1:
-            multihost_utils.sync_global_devices("ncsn_jax.checkpoints.set_aside_unreadable")
+            multihost_utils.sync_global_devices("ncsn_jax.run.checkpoints.set_aside_unreadable")
         self._manager.reload()
         self._unreadable = []
 

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from ncsn_jax import run_files
+from ncsn_jax.run import files
 
 
 def to_8bit(images: np.ndarray) -> np.ndarray:
@@ -45,5 +45,5 @@ def make_grid(images: np.ndarray, nrow: int | None = None, padding: int = 2) -> 
 
 
 def save_grid(images: np.ndarray, path: str | os.PathLike, nrow: int | None = None) -> None:
-    """Writes `make_grid(images, nrow)` to `path` (local or gs://, ...) as PNG, whole (see `run_files`)."""
-    run_files.save_png(path, make_grid(images, nrow))
+    """Writes `make_grid(images, nrow)` to `path` (local or gs://, ...) as PNG, whole (see `files`)."""
+    files.save_png(path, make_grid(images, nrow))

@@ -23,7 +23,7 @@ from typing import Any
 import jax
 from absl import logging
 
-from ncsn_jax import run_files
+from ncsn_jax.run import files
 from ncsn_jax.errors import WorkdirError
 
 
@@ -40,14 +40,14 @@ class WorkdirLock:
     """
 
     def __init__(self, workdir: str, role: str):
-        self._path = run_files.lock_file(workdir, role)
+        self._path = files.lock_file(workdir, role)
         self._workdir, self._role = workdir, role
         self._fd: int | None = None
 
     def __enter__(self) -> WorkdirLock:
         if jax.process_index() != 0:
             return self
-        if run_files.is_remote(self._workdir):
+        if files.is_remote(self._workdir):
             logging.warning("%s is on object storage, which has no locks: nothing stops another %s run from "
                             "using it at the same time, so make sure none does", self._workdir, self._role)
             return self

@@ -10,7 +10,7 @@ from typing import Mapping
 import jax
 from absl import logging
 
-from ncsn_jax import run_files
+from ncsn_jax.run import files
 from ncsn_jax.errors import WorkdirError
 
 # Object storage has no appends: a log there is uploaded whole, at most this often (and at every `flush`).
@@ -39,8 +39,8 @@ class MetricWriter:
     def __init__(self, workdir: str | os.PathLike, resumed_step: int | None = None):
         self._active = jax.process_index() == 0
         self._workdir = os.fspath(workdir)
-        self._remote = run_files.is_remote(self._workdir)
-        self._path = run_files.metrics_file(workdir)
+        self._remote = files.is_remote(self._workdir)
+        self._path = files.metrics_file(workdir)
         self._lines: list[str] = []  # the whole log, where it is uploaded whole
         self._jsonl = None
         self._summary_writer = None
@@ -48,12 +48,12 @@ class MetricWriter:
         if not self._active:
             return
         if self._remote and self._path.exists():
-            self._lines = _lines_up_to(run_files.read_text(self._path), resumed_step)
+            self._lines = _lines_up_to(files.read_text(self._path), resumed_step)
         elif resumed_step is not None and self._path.exists():
-            text = run_files.read_text(self._path)
+            text = files.read_text(self._path)
             kept = _lines_up_to(text, resumed_step)
             if len(kept) != len(text.splitlines()):
-                run_files.write_text(self._path, "".join(kept))  # whole: a kill leaves the old log or this one
+                files.write_text(self._path, "".join(kept))  # whole: a kill leaves the old log or this one
         if not self._remote:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             self._jsonl = open(self._path, "a", encoding="utf-8")
@@ -65,7 +65,7 @@ class MetricWriter:
             # purge_step writes TensorBoard's restart marker: events of steps >= it from earlier files
             # are hidden, as the replayed steps are logged again.
             purge_step = None if resumed_step is None else resumed_step + 1
-            self._summary_writer = tensorboardX.SummaryWriter(os.fspath(run_files.tensorboard_dir(workdir)),
+            self._summary_writer = tensorboardX.SummaryWriter(os.fspath(files.tensorboard_dir(workdir)),
                                                               purge_step=purge_step)
         except ImportError:
             logging.warning("tensorboardX is not installed: no TensorBoard event files (metrics.jsonl is written)")
@@ -116,7 +116,7 @@ class MetricWriter:
 
     def _upload(self) -> None:
         if self._remote:
-            run_files.write_text(self._path, "".join(self._lines))
+            files.write_text(self._path, "".join(self._lines))
             self._last_upload = time.monotonic()
         elif self._jsonl is not None:
             self._jsonl.flush()
@@ -155,14 +155,14 @@ class _ObjectEventFile:
         self._buffer.write(data)
 
     def flush(self) -> None:
-        run_files.write_bytes(self._location, self._buffer.getvalue())
+        files.write_bytes(self._location, self._buffer.getvalue())
 
     def close(self) -> None:
         self.flush()
 
 
 class _ObjectEventFiles:
-    """tensorboardX's writer factory for a URL scheme, writing through `run_files` (epath)."""
+    """tensorboardX's writer factory for a URL scheme, writing through `files` (epath)."""
 
     def open(self, location: str) -> _ObjectEventFile:
         return _ObjectEventFile(location)
