@@ -332,7 +332,7 @@ def test_the_checks_catch_bfloat16_where_float32_belongs(monkeypatch):
     with monkeypatch.context() as patch:
         jax.clear_caches()
         step = langevin.langevin_step
-        patch.setattr(sampling, "langevin_step",
+        patch.setattr(langevin, "langevin_step",
                       lambda x, score, noise, step_size: step(x, score, noise, step_size.astype(jnp.bfloat16)))
         closed = trace_sampler("bfloat16", "ald")
         assert not_float32(ladder_flow(closed, sampler_sources(closed)))
