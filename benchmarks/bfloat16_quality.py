@@ -51,7 +51,8 @@ from ncsn_jax.run import images  # noqa: E402
 from ncsn_jax.data import pipeline  # noqa: E402
 from ncsn_jax.sampling import methods, sharded  # noqa: E402
 from ncsn_jax.runtime import data_parallel  # noqa: E402
-from ncsn_jax.evaluation import features, reference, sweep  # noqa: E402
+from ncsn_jax.evaluation import features  # noqa: E402
+from ncsn_jax.modes import stats, sweep  # noqa: E402
 from ncsn_jax.models import get_model  # noqa: E402
 from ncsn_jax.models.score import get_score_fn  # noqa: E402
 
@@ -181,7 +182,7 @@ def main(_):
     config_checks.check_sampling(settings, np.asarray(ladder))
     extractor = features.feature_extractor(config)
     start = time.perf_counter()
-    statistics = reference.dataset_statistics(config, extractor, config.eval.stats_split, progress_bar=False)
+    statistics = stats.dataset_statistics(config, extractor, config.eval.stats_split, progress_bar=False)
     report["sampling"] = {"method": FLAGS.method, "n_steps_each": FLAGS.n_steps_each, "step_lr": settings.step_lr,
                           "evaluations": methods.score_evaluations(len(ladder), settings),
                           "num_samples": FLAGS.num_samples, "features": extractor.name,

@@ -4,11 +4,11 @@
     python benchmarks/host_ceiling.py --configs cifar10 --cores 1 --steps 50 --out /tmp/h.json
 
 For each paper config (configs/cifar10.py, celeba, church, bedroom, tower, ffhq) at its per-host batch,
-the benchmark runs `train.train_and_evaluate` itself (the pipeline and its decoding processes, prefetch to
-the mesh, the per-step keys, the progress bar, the metrics and TensorBoard logs, the test loss every
-`eval_freq` steps, the checkpointer's preemption poll), with `train.train_step` and `train.eval_step`
-replaced by jitted functions of negligible cost that read every image of the batch (the sum of each image's
-first pixel) and return the state with `step + 1`. No network runs (`snapshot_samples = 0`); the only
+the benchmark runs the training loop itself (`ncsn_jax.modes.train.run`: the pipeline and its decoding
+processes, prefetch to the mesh, the per-step keys, the progress bar, the metrics and TensorBoard logs, the
+test loss every `eval_freq` steps, the checkpointer's preemption poll), with `train.train_step` and
+`train.eval_step` replaced by jitted functions of negligible cost that read every image of the batch (the
+sum of each image's first pixel) and return the state with `step + 1`. No network runs (`snapshot_samples = 0`); the only
 checkpoint is the one at the end, outside the timed window. The network is built at `ngf = 8`: its state
 has the same leaves as the paper's (what the step's dispatch pays for), only smaller.
 
@@ -271,9 +271,10 @@ def _cpu_seconds() -> np.ndarray:
 
 
 @contextlib.contextmanager
-def cheap_steps(marks: list, losses: list):
+def cheap_steps(marks: list, losses: list, window: tuple[int, int]):
     """Replaces the training and evaluation steps by jitted ones of negligible cost; appends
-    (perf_counter, CPU seconds) to `marks` at each training step call and its loss (the sum of the
+    (perf_counter, CPU seconds, child processes) to `marks` at each training step call (the CPU seconds and
+    the children only at the calls numbered `window`: reading /proc costs milliseconds) and its loss (the sum of the
     batch's first pixels, a fingerprint of the batch) to `losses`."""
     import jax
     import jax.numpy as jnp
@@ -290,7 +291,8 @@ def cheap_steps(marks: list, losses: list):
         return {"loss": jnp.mean(batch[:, 0, 0, 0])}
 
     def timed_train_step(state, batch, rng):
-        marks.append((time.perf_counter(), _cpu_seconds(), len(_child_pids())))
+        at_edge = len(marks) in window
+        marks.append((time.perf_counter(), _cpu_seconds() if at_edge else None, len(_child_pids()) if at_edge else None))
         if len(marks) == 1:  # compile the test loss now, not inside the timed window
             jax.block_until_ready(eval_step(state, batch, rng))
         state, metrics = train_step(state, batch, rng)
@@ -302,10 +304,10 @@ def cheap_steps(marks: list, losses: list):
 
 
 def run_loop(config, warmup_steps: int, steps: int, fixed_batch=None) -> dict:
-    """Runs `train.train_and_evaluate` with the cheap steps over warmup + steps (+1) steps; times the last
+    """Runs the training loop (`modes.train.run`) with the cheap steps over warmup + steps (+1) steps; times the last
     `steps`. With `fixed_batch`, every batch (train and test) is that array instead of the pipeline's."""
-    from ncsn_jax import train
     from ncsn_jax.data import pipeline
+    from ncsn_jax.modes import Options, train
 
     training = config.training
     training.n_iters = warmup_steps + steps + 1
@@ -315,9 +317,9 @@ def run_loop(config, warmup_steps: int, steps: int, fixed_batch=None) -> dict:
     losses: list = []
     feed = contextlib.nullcontext()
     if fixed_batch is not None:
-        feed = mock.patch.object(datasets, "get_dataset", lambda *args, **kwargs: itertools.repeat(fixed_batch))
-    with tempfile.TemporaryDirectory() as workdir, cheap_steps(marks, losses), feed:
-        train.train_and_evaluate(config, workdir)
+        feed = mock.patch.object(pipeline, "get_dataset", lambda *args, **kwargs: itertools.repeat(fixed_batch))
+    with tempfile.TemporaryDirectory() as workdir, cheap_steps(marks, losses, (warmup_steps, warmup_steps + steps)), feed:
+        train.run(config, workdir, Options("train"))
     (wall_0, cpu_0, _), (wall_1, cpu_1, children) = marks[warmup_steps], marks[warmup_steps + steps]
     seconds = wall_1 - wall_0
     evals = sum(1 for s in range(warmup_steps + 1, warmup_steps + steps + 1) if s % training.eval_freq == 0)

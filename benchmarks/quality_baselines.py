@@ -25,7 +25,8 @@ from absl import app, flags  # noqa: E402
 import configs  # noqa: E402  (the checkout's configs/, loaded by name or path)
 from ncsn_jax.run import images  # noqa: E402
 from ncsn_jax.data import pipeline  # noqa: E402
-from ncsn_jax.evaluation import features, reference, sweep  # noqa: E402
+from ncsn_jax.evaluation import features  # noqa: E402
+from ncsn_jax.modes import stats, sweep  # noqa: E402
 
 configs.define_config_flag("config", None, "Config file, e.g. configs/mnist.py.", lock_config=True)
 flags.DEFINE_integer("num_images", 200, "Images in each set.")
@@ -42,8 +43,8 @@ def split_images(config, split):
 def main(_):
     config = FLAGS.config
     extractor = features.feature_extractor(config)
-    reference_statistics = reference.dataset_statistics(config, extractor, config.eval.stats_split,
-                                                        progress_bar=False)
+    reference_statistics = stats.dataset_statistics(config, extractor, config.eval.stats_split,
+                                                    progress_bar=False)
     rng = np.random.default_rng(config.seed)
     count = FLAGS.num_images
 

@@ -41,7 +41,8 @@ from ncsn_jax import config_checks, schedule  # noqa: E402
 from ncsn_jax.run import images, weights  # noqa: E402
 from ncsn_jax.sampling import methods, sharded  # noqa: E402
 from ncsn_jax.runtime import data_parallel  # noqa: E402
-from ncsn_jax.evaluation import features, reference, sweep  # noqa: E402
+from ncsn_jax.evaluation import features  # noqa: E402
+from ncsn_jax.modes import Options, stats, sweep  # noqa: E402
 from tests import gaussian_mixture  # noqa: E402
 
 # (method, settings): the paper's sampler first (the reference), then cheaper budgets of each method.
@@ -255,10 +256,10 @@ def main(_):
         image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
         base = config.sampling
         extractor = features.feature_extractor(config)
-        path = reference.statistics_path(config, FLAGS.workdir)
+        path = stats.statistics_path(config, FLAGS.workdir)
         if not os.path.exists(path):
-            reference.run_stats(config, FLAGS.workdir)
-        statistics = reference.load_reference_statistics(path)
+            stats.run(config, FLAGS.workdir, Options("stats"))
+        statistics = stats.load_reference_statistics(path)
         metric = "fd"
         title = (f"{config.data.dataset}, step {int(state.step)}, {len(sigmas)} levels, {FLAGS.num_samples} "
                  f"samples per seed ({extractor.name} features)")

@@ -4,7 +4,7 @@
     python benchmarks/train_loop.py --config configs/cifar10.py --mock_data --steps 20 \
         --config.training.batch_size=8 --config.training.log_freq=10 --config.training.eval_freq=10
 
-The loop is `train.train_and_evaluate` itself, on a temporary workdir: the data pipeline and prefetch,
+The loop is `ncsn_jax.modes.train.run` itself, on a temporary workdir: the data pipeline and prefetch,
 the progress bar, logging to metrics.jsonl and TensorBoard, and the test-loss evaluations every
 `training.eval_freq` steps. It first runs `--warmup_steps` steps (at least one log window and one test
 loss, so that both compilations are behind it), then `--steps` more, and its rate is read from the
@@ -36,6 +36,8 @@ from absl import app, flags, logging  # noqa: E402
 
 import timing  # noqa: E402  (benchmarks/timing.py, beside this script: not a package)
 from ncsn_jax import train  # noqa: E402
+from ncsn_jax.modes import Options  # noqa: E402
+from ncsn_jax.modes import train as train_mode  # noqa: E402
 from ncsn_jax.runtime import data_parallel  # noqa: E402
 
 configs.define_config_flag("config", None, "Config file, e.g. configs/mnist.py.", lock_config=False)
@@ -72,7 +74,7 @@ def loop_steps_per_s(config, warmup_steps, steps):
         data = tfds.testing.mock_data(num_examples=max(1_000, 4 * training.batch_size))
         config.data.decode_processes = 0  # the mock is patched into this process only
     with tempfile.TemporaryDirectory() as workdir, data:
-        train.train_and_evaluate(config, workdir)
+        train_mode.run(config, workdir, Options("train"))
         with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
             records = [json.loads(line) for line in f]
     windows = [r for r in records if "train/steps_per_s" in r and r["step"] > warmup_steps]

@@ -67,8 +67,8 @@ def get_default_config() -> ml_collections.ConfigDict:
     sampling.num_references = 8  # --mode inpaint and interpolate: test images used (grid rows)
     sampling.completions_per_image = 7  # --mode inpaint: completions drawn for each test image
 
-    # --mode stats and --mode eval: sample quality (ncsn_jax/evaluation/: reference.py computes the reference
-    # statistics, sweep.py scores the checkpoints).
+    # --mode stats and --mode eval: sample quality (ncsn_jax/modes/: stats.py computes the reference statistics,
+    # sweep.py scores the checkpoints; ncsn_jax/evaluation/ has the features and the metrics).
     config.eval = evaluation = ml_collections.ConfigDict()
     evaluation.features = "auto"  # "inception" (FID Inception-v3), "digits" (MNIST classifier); auto: by dataset
     evaluation.inception_path = ""  # pt_inception-2015-12-05-6726825d.pth; "": the cache, downloaded once

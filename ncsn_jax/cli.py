@@ -3,8 +3,8 @@
     ncsn-jax --config cifar10 --mode train     # the workdir: runs/cifar10 (--workdir to choose)
 
 Parses the flags, starts multi-host JAX when asked, checks the config and dispatches by --mode through
-one table (`mode_table`) to the library (train.train_and_evaluate, sample_modes, tune, evaluation.reference
-and evaluation.sweep, prepare). --config names a shipped config or a file (see the `configs` package).
+one table (`MODES`) to the entry points of `ncsn_jax.modes` (train, sample, tune, stats, sweep, prepare).
+--config names a shipped config or a file (see the `configs` package).
 This is the one place where errors become exit codes: a `UserError` (and a flag or config-file error)
 is printed as one `error: ...` line with exit code 1; anything else is a bug and keeps its traceback. A
 run stopped by SIGTERM or Ctrl-C after saving prints which step it saved, and exits with 0 or 130.
@@ -14,19 +14,18 @@ from __future__ import annotations
 import importlib
 import sys
 import traceback
-from typing import Callable, NoReturn
+from typing import NoReturn
 
 import jax
-import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ncsn_jax import config_checks, prepare, sample_modes, train, tune
+from ncsn_jax import config_checks
+from ncsn_jax.errors import ConfigError, UserError, WorkdirError
+from ncsn_jax.modes import Mode, Options, prepare, sample, stats, sweep, train, tune
 from ncsn_jax.run import checkpoints, files
 from ncsn_jax.runtime import cpu_runtime, processes
-from ncsn_jax.errors import ConfigError, UserError, WorkdirError
 from ncsn_jax.runtime.stop_signals import StoppedBySignal
-from ncsn_jax.evaluation import reference, sweep
 
 
 def _configs_package():
@@ -42,43 +41,15 @@ def _configs_package():
 
 configs = _configs_package()
 
-# What --mode runs: a function of the checked config and the workdir (None for a mode that needs none).
-Mode = Callable[[ml_collections.ConfigDict, "str | None"], object]
-
-
-def tune_and_report(config: ml_collections.ConfigDict, workdir: str | None) -> None:
-    """--mode tune: prints σ1, L and ε computed from the config's training data (no workdir)."""
-    print(tune.report(tune.tune(config), config))
-
-
-def prepare_data(config: ml_collections.ConfigDict, workdir: str | None) -> None:
-    """--mode prepare: builds the config's missing TFDS dataset, or says what its data needs (no workdir)."""
-    print(prepare.prepare(config))
-
-
-def mode_table(checkpoint_step: int | None = None, official_checkpoint: str | None = None) -> dict[str, Mode]:
-    """Every --mode and what it runs.
-
-    Args:
-      checkpoint_step: --checkpoint_step, the checkpoint that the sampling modes and eval read (None: the
-        latest; eval: all).
-      official_checkpoint: --official_checkpoint, an official PyTorch checkpoint for the sampling modes.
-    """
-    def sampling_mode(mode: str) -> Mode:
-        return lambda config, workdir: sample_modes.run_mode(config, workdir, mode, checkpoint_step,
-                                                             official_checkpoint)
-
-    return {
-        "train": train.train_and_evaluate,
-        **{mode: sampling_mode(mode) for mode in sample_modes.MODES},
-        "tune": tune_and_report,
-        "stats": reference.run_stats,
-        "eval": lambda config, workdir: sweep.run_eval(config, workdir, checkpoint_step),
-        "prepare": prepare_data,
-    }
-
-
-MODES = tuple(mode_table())
+# Every --mode and what it runs: a mode's entry point, `run(config, workdir, options)` (see `ncsn_jax.modes`).
+MODES: dict[str, Mode] = {
+    "train": train.run,
+    **{mode: sample.run for mode in sample.MODES},  # sample, inpaint, interpolate
+    "tune": tune.run,
+    "stats": stats.run,
+    "eval": sweep.run,
+    "prepare": prepare.run,
+}
 # The modes that read or write no workdir; every other mode defaults to runs/<config name>.
 NO_WORKDIR_MODES = ("tune", "prepare")
 
@@ -87,8 +58,8 @@ configs.define_config_flag("config", None, "The config: a name the package ships
                            "--config.<field>=<value> overrides one of its values.")
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and images (default: runs/<the config's name>, "
                     "e.g. runs/celeba for --config celeba or configs/celeba.py, under the current folder).")
-flags.DEFINE_enum("mode", "train", MODES, "What to do. prepare: build the config's missing TFDS dataset (needs "
-                  'network and pip install "ncsn-jax[prepare]"), or say what the dataset needs.')
+flags.DEFINE_enum("mode", "train", list(MODES), "What to do. prepare: build the config's missing TFDS dataset "
+                  '(needs network and pip install "ncsn-jax[prepare]"), or say what the dataset needs.')
 flags.DEFINE_integer("checkpoint_step", None,
                      "Sample from (or, with --mode eval, evaluate only) this checkpoint step (default: the latest).")
 flags.DEFINE_string("official_checkpoint", None, "Sample from an official PyTorch checkpoint_<step>.pth.")
@@ -137,14 +108,14 @@ def resolve_workdir(workdir: str | None, mode: str, config_file: str) -> str | N
 
 def run(config, workdir: str | None, mode: str, checkpoint_step: int | None = None,
         official_checkpoint: str | None = None) -> None:
-    """Checks the config and the workdir, then does what `mode` says (see `mode_table`)."""
+    """Checks the config and the workdir, then runs `mode`'s entry point (see `MODES`)."""
     config_checks.check_config(config)
-    run_mode = mode_table(checkpoint_step, official_checkpoint)[mode]
+    run_mode = MODES[mode]
     if mode not in NO_WORKDIR_MODES:
         if not workdir:
             raise WorkdirError(f"--workdir is required for --mode {mode}")
         check_workdir(workdir)
-    run_mode(config, workdir)
+    run_mode(config, workdir, Options(mode, checkpoint_step, official_checkpoint))
 
 
 def fail(message: str) -> NoReturn:

@@ -4,7 +4,7 @@ Library functions check only what their own arguments must satisfy; every rule a
 field may hold is written here, but for a sampler method's rules about its own settings (pc's corrector,
 cas's step size): those stand in its record of `methods.SAMPLERS`, beside the settings they are
 about, and `check_sampling` runs them. `check_config` runs every rule that needs only the config;
-`check_mode` those of `--mode inpaint` and `interpolate`, which `sample_modes` runs.
+`check_mode` those of `--mode inpaint` and `interpolate`, which `modes.sample` runs.
 """
 from __future__ import annotations
 

@@ -13,10 +13,10 @@ from ml_collections import config_flags
 
 import configs
 from configs import mnist
-from ncsn_jax import cli, prepare, sample_modes, train, train_state, tune
-from ncsn_jax.run import checkpoints
+from ncsn_jax import cli, train_state
 from ncsn_jax.errors import UserError, WorkdirError
-from ncsn_jax.evaluation import reference, sweep
+from ncsn_jax.modes import Options, prepare, sample, stats, sweep, train, tune
+from ncsn_jax.run import checkpoints
 from tests.test_main import REPO, command, tiny_mnist
 
 
@@ -107,25 +107,25 @@ def test_python_dash_m_runs_the_command_line_and_its_entry_module_imports_nothin
 
 
 def test_the_modes_are_the_tables_and_each_dispatches_to_its_entry_point(monkeypatch, tmp_path, capsys):
+    assert cli.MODES == {"train": train.run, "sample": sample.run, "inpaint": sample.run, "interpolate": sample.run,
+                         "tune": tune.run, "stats": stats.run, "eval": sweep.run, "prepare": prepare.run}
+    assert cli.FLAGS["mode"].parser.enum_values == list(cli.MODES)
     calls = []
 
-    def recorder(name, returns=None):
-        return lambda *args: calls.append((name, *args[1:])) or returns
+    def recorder(name):
+        return lambda config, workdir, options: calls.append((name, workdir, options))
 
-    monkeypatch.setattr(train, "train_and_evaluate", recorder("train"))
-    monkeypatch.setattr(sample_modes, "run_mode", recorder("run_mode"))
-    monkeypatch.setattr(reference, "run_stats", recorder("stats"))
-    monkeypatch.setattr(sweep, "run_eval", recorder("eval"))
-    monkeypatch.setattr(tune, "tune", recorder("tune", returns="tuned"))
+    for mode in ("train", *sample.MODES, "stats", "eval"):
+        monkeypatch.setitem(cli.MODES, mode, recorder(mode))
+    # tune and prepare run their own entry points, which print what the library returns.
+    monkeypatch.setattr(tune, "tune", lambda config: "tuned")
     monkeypatch.setattr(tune, "report", lambda tuned, config: f"report of {tuned}")
-    monkeypatch.setattr(prepare, "prepare", recorder("prepare", returns="prepared"))
-    assert cli.MODES == tuple(cli.mode_table()) and cli.FLAGS["mode"].parser.enum_values == list(cli.MODES)
+    monkeypatch.setattr(prepare, "prepare", lambda config: "prepared")
     workdir = str(tmp_path)
     for mode in cli.MODES:
         cli.run(tiny_mnist(), workdir, mode, checkpoint_step=3, official_checkpoint="official.pth")
-    assert calls == [("train", workdir), *[("run_mode", workdir, mode, 3, "official.pth")
-                                           for mode in sample_modes.MODES],
-                     ("tune",), ("stats", workdir), ("eval", workdir, 3), ("prepare",)]
+    assert calls == [(mode, workdir, Options(mode, 3, "official.pth"))
+                     for mode in ("train", *sample.MODES, "stats", "eval")]
     assert capsys.readouterr().out == "report of tuned\nprepared\n"
 
 

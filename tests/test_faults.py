@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ncsn_jax import train, train_state
+from ncsn_jax import train_state
+from ncsn_jax.modes import Options, train
 from ncsn_jax.run import checkpoints, config_record
 from ncsn_jax.runtime import data_parallel
 from ncsn_jax.errors import CheckpointMismatchError
@@ -74,7 +75,7 @@ def test_resuming_with_another_input_size_or_ladder_is_refused_naming_each_field
 
     changed = tiny_mnist(**{"data.image_size": 8, "model.sigma_begin": 20.0})
     with pytest.raises(CheckpointMismatchError) as error:
-        train.train_and_evaluate(changed, str(tmp_path))
+        train.run(changed, str(tmp_path), Options("train"))
     message = str(error.value)
     assert "data.image_size 28 there, 8 here" in message and "model.sigma_begin 16.0 there, 20.0 here" in message
     assert "\n" not in message and "ngf" not in message and saved_steps(tmp_path) == [3]
@@ -84,7 +85,7 @@ def test_resuming_with_another_input_size_or_ladder_is_refused_naming_each_field
 
 def test_a_resumed_run_replaces_replayed_log_lines_and_draws_the_grid_a_kill_skipped(tmp_path):
     config = tiny_mnist(**{"training.n_iters": 3, "training.log_freq": 1})
-    train.train_and_evaluate(config, str(tmp_path))
+    train.run(config, str(tmp_path), Options("train"))
     grid = tmp_path / "samples" / "samples_0000003.png"
     drawn = np.asarray(Image.open(grid))
     # As a kill leaves it: steps 4 and 5 logged after checkpoint 3, the last line cut short, no grid 3.
@@ -92,7 +93,7 @@ def test_a_resumed_run_replaces_replayed_log_lines_and_draws_the_grid_a_kill_ski
         log.write('{"step": 4, "train/loss": 1.0}\n{"step": 5, "train/loss": 2.0}\n{"step": 6, "tra')
     grid.unlink()
 
-    train.train_and_evaluate(tiny_mnist(**{"training.n_iters": 6, "training.log_freq": 1}), str(tmp_path))
+    train.run(tiny_mnist(**{"training.n_iters": 6, "training.log_freq": 1}), str(tmp_path), Options("train"))
     assert json.loads((tmp_path / "config.json").read_text())["training"]["n_iters"] == 6  # this run's config
     assert logged_steps(tmp_path) == [1, 2, 3, 4, 5, 6]
     assert logged_steps(tmp_path, "test/loss_ema") == [2, 4, 6]

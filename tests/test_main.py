@@ -14,6 +14,8 @@ import tensorflow_datasets as tfds
 
 from configs import mnist, tiny
 from ncsn_jax import cli, train, train_state
+from ncsn_jax.modes import Options
+from ncsn_jax.modes import train as train_mode
 from ncsn_jax.run import checkpoints
 from ncsn_jax.runtime import data_parallel
 from ncsn_jax.errors import NonFiniteLossError
@@ -66,7 +68,7 @@ def assert_same_state(a, b, params_atol=0.0, moments_rtol=0.0):
 
 def test_train_then_sample_inpaint_interpolate_on_mnist(tmp_path):
     config = tiny_mnist()
-    state = train.train_and_evaluate(config, str(tmp_path))
+    state = train_mode.run(config, str(tmp_path), Options("train"))
     assert int(state.step) == 6
     assert (tmp_path / "samples" / "samples_0000006.png").exists()
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
@@ -90,8 +92,8 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_p
     monkeypatch.setattr(train, "train_step", step_that_diverges_at_5)
     with pytest.raises(NonFiniteLossError, match="nan at step 5; the checkpoints up to step 3 are kept"):
         # No grids or test losses: only the checkpoints matter here (and each costs a compilation).
-        train.train_and_evaluate(tiny_mnist(**{"training.log_freq": 6, "training.eval_freq": 100,
-                                               "training.snapshot_samples": 0}), str(tmp_path))
+        train_mode.run(tiny_mnist(**{"training.log_freq": 6, "training.eval_freq": 100,
+                                     "training.snapshot_samples": 0}), str(tmp_path), Options("train"))
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [3]
 
 
@@ -108,7 +110,7 @@ def test_train_on_tfds_mock_data(tmp_path, dataset, size):
     config.sampling.batch_size = 4
     config.data.decode_processes = 0  # the mock is patched into this process only
     with tfds.testing.mock_data(num_examples=32):
-        state = train.train_and_evaluate(config, str(tmp_path))
+        state = train_mode.run(config, str(tmp_path), Options("train"))
     assert int(state.step) == 2 and (tmp_path / "samples" / "samples_0000002.png").exists()
 
 
@@ -124,7 +126,7 @@ def test_four_devices_match_one_device(tmp_path):
                  "training.snapshot_samples": 0}
     assert run_main(tmp_path / "one", devices=1, **overrides).returncode == 0
     config = tiny_mnist(**overrides)
-    train.train_and_evaluate(config, str(tmp_path / "four"))
+    train_mode.run(config, str(tmp_path / "four"), Options("train"))
     four, one = saved_params(tmp_path / "four", 1, config), saved_params(tmp_path / "one", 1, config)
 
     def flat(tree):

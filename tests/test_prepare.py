@@ -7,7 +7,7 @@ import sys
 
 from configs import church, mnist
 from configs.default import get_default_config
-from ncsn_jax import prepare
+from ncsn_jax.modes import prepare
 from tests.test_cli import assert_one_error_line
 from tests.test_no_tensorflow import REPO, WITHOUT_TENSORFLOW, write_tiny_cifar10
 

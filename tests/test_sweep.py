@@ -1,4 +1,4 @@
-"""--mode stats (evaluation/reference.py) and --mode eval (evaluation/sweep.py) on a tiny MNIST run:
+"""--mode stats (modes/stats.py) and --mode eval (modes/sweep.py) on a tiny MNIST run:
 statistics, the sweep, resuming, the best checkpoint."""
 import json
 import os
@@ -6,11 +6,12 @@ import os
 import numpy as np
 import pytest
 
-from ncsn_jax import cli, train
+from ncsn_jax import cli
 from ncsn_jax.run import checkpoints, weights
 from ncsn_jax.sampling import sharded
 from ncsn_jax.errors import CheckpointNotFoundError, ConfigError, DataError
-from ncsn_jax.evaluation import digits, metrics, reference, sweep
+from ncsn_jax.evaluation import digits, metrics
+from ncsn_jax.modes import Options, stats, sweep, train
 from ncsn_jax.train_state import SamplingState
 from tests.test_main import tiny_mnist
 
@@ -27,28 +28,28 @@ def trained_workdir(tmp_path_factory):
     """Checkpoints 3 and 6 of the tiny MNIST run, and the statistics of the training digits."""
     workdir = tmp_path_factory.mktemp("mnist")
     config = eval_config()
-    train.train_and_evaluate(config, str(workdir))
+    train.run(config, str(workdir), Options("train"))
     cli.run(config, str(workdir), "stats")
     return workdir
 
 
 def test_stats_are_the_moments_of_every_training_digit(trained_workdir):
-    stats = reference.load_reference_statistics(str(trained_workdir / "stats" / "mnist_train.npz"))
+    statistics = stats.load_reference_statistics(str(trained_workdir / "stats" / "mnist_train.npz"))
     images, _ = digits.load_labelled_digits("train")
     features, _ = digits.make_digit_feature_fn(digits.load_digit_classifier())(images)
-    np.testing.assert_allclose(stats.mu, features.mean(axis=0), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(stats.sigma, np.cov(features, rowvar=False), rtol=1e-4, atol=1e-4)
-    assert stats.kid_features.shape == (4_500, features.shape[1])  # kid_reference_size 5,000 > 4,500
+    np.testing.assert_allclose(statistics.mu, features.mean(axis=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(statistics.sigma, np.cov(features, rowvar=False), rtol=1e-4, atol=1e-4)
+    assert statistics.kid_features.shape == (4_500, features.shape[1])  # kid_reference_size 5,000 > 4,500
 
 
 def test_published_statistics_without_kid_features(tmp_path):
     path = tmp_path / "published.npz"
     mu, sigma = np.zeros(3), np.eye(3)
     np.savez(path, mu=mu, sigma=sigma)  # the TTUR / pytorch-fid format
-    stats = reference.load_reference_statistics(str(path))
-    assert stats.kid_features is None
+    statistics = stats.load_reference_statistics(str(path))
+    assert statistics.kid_features is None
     features = np.random.default_rng(0).normal(size=(50, 3))
-    result = sweep.quality_metrics(features, np.zeros((50, 10)), stats, eval_config())
+    result = sweep.quality_metrics(features, np.zeros((50, 10)), statistics, eval_config())
     assert "kid" not in result and result["fd"] == pytest.approx(
         metrics.frechet_distance(features.mean(0), np.cov(features, rowvar=False), mu, sigma))
     assert result["inception_score"] == pytest.approx(1.0)  # uniform class probabilities
@@ -56,7 +57,7 @@ def test_published_statistics_without_kid_features(tmp_path):
 
 def test_eval_sweeps_the_checkpoints_and_keeps_the_best(trained_workdir):
     config = eval_config()
-    report = sweep.run_eval(config, str(trained_workdir))
+    report = sweep.run(config, str(trained_workdir), Options("eval"))
     assert set(report["checkpoints"]) == {"3", "6"}
     fds = {int(step): result["fd"] for step, result in report["checkpoints"].items()}
     assert report["best_step"] == min(fds, key=fds.get)
@@ -74,7 +75,7 @@ def test_eval_sweeps_the_checkpoints_and_keeps_the_best(trained_workdir):
 
 def test_interrupted_eval_resumes_at_the_next_batch(trained_workdir, monkeypatch):
     config = eval_config(**{"eval.final_num_samples": 0})
-    first = sweep.run_eval(config, str(trained_workdir), checkpoint_step=3)["checkpoints"]["3"]
+    first = sweep.run(config, str(trained_workdir), Options("eval", checkpoint_step=3))["checkpoints"]["3"]
     # As if killed after the first sampled batch: only batch 0 is on disk.
     (step_dir,) = (trained_workdir / "eval").glob("step_3_n12_*")
     os.remove(step_dir / "metrics.json")
@@ -87,12 +88,12 @@ def test_interrupted_eval_resumes_at_the_next_batch(trained_workdir, monkeypatch
         return real_sample_batches(*args, first_batch=first_batch, **kwargs)
 
     monkeypatch.setattr(sharded, "sample_batches", recording_sample_batches)
-    resumed = sweep.run_eval(config, str(trained_workdir), checkpoint_step=3)["checkpoints"]["3"]
+    resumed = sweep.run(config, str(trained_workdir), Options("eval", checkpoint_step=3))["checkpoints"]["3"]
     assert started_at == [1]
     assert resumed == pytest.approx(first, rel=1e-6)
     # Other sampler settings are other samples: nothing cached is reused.
-    changed = sweep.run_eval(eval_config(**{"eval.final_num_samples": 0, "sampling.step_lr": 2e-4}),
-                                str(trained_workdir), checkpoint_step=3)["checkpoints"]["3"]
+    changed = sweep.run(eval_config(**{"eval.final_num_samples": 0, "sampling.step_lr": 2e-4}),
+                        str(trained_workdir), Options("eval", checkpoint_step=3))["checkpoints"]["3"]
     assert started_at == [1, 0] and changed["fd"] != first["fd"]
 
 
@@ -105,12 +106,12 @@ def test_statistics_of_other_features_are_refused(trained_workdir, tmp_path):
     path = tmp_path / "inception_like.npz"
     np.savez(path, mu=np.zeros(2048), sigma=np.eye(2048))
     with pytest.raises(ConfigError, match="2048 features"):
-        sweep.run_eval(eval_config(**{"eval.stats_path": str(path)}), str(trained_workdir))
+        sweep.run(eval_config(**{"eval.stats_path": str(path)}), str(trained_workdir), Options("eval"))
 
 
 def test_eval_of_a_missing_step_is_a_clear_error(trained_workdir):
     with pytest.raises(CheckpointNotFoundError, match="no checkpoint of step 4"):
-        sweep.run_eval(eval_config(), str(trained_workdir), checkpoint_step=4)
+        sweep.run(eval_config(), str(trained_workdir), Options("eval", checkpoint_step=4))
 
 
 def test_the_sweep_reads_only_the_sampling_weights(trained_workdir, monkeypatch):
@@ -122,7 +123,7 @@ def test_the_sweep_reads_only_the_sampling_weights(trained_workdir, monkeypatch)
         return loaded[-1]
 
     monkeypatch.setattr(weights, "load_sampling_state", recording_load)
-    sweep.run_eval(eval_config(**{"eval.final_num_samples": 0}), str(trained_workdir))
+    sweep.run(eval_config(**{"eval.final_num_samples": 0}), str(trained_workdir), Options("eval"))
     # Each checkpoint of the sweep, then the best again to keep it: θ' and the ladder, no θ, no Adam.
     assert [int(state.step) for state in loaded[:2]] == [3, 6] and len(loaded) == 3
     for state in loaded:

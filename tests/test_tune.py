@@ -6,7 +6,8 @@ from sklearn.datasets import load_digits
 
 from configs import default
 from ncsn_jax.errors import DataError
-from ncsn_jax import schedule, tune
+from ncsn_jax import schedule
+from ncsn_jax.modes import tune
 
 
 def batches_of(images, size):

@@ -9,7 +9,7 @@ Datasets (`config.data.dataset`) and where their images come from:
 
 - `cifar10`, `celeba` (TFDS `celeb_a`): TFDS prepared in `array_record` format under
   `config.data.tfds_data_dir` (None: the TFDS default, `~/tensorflow_datasets`), by
-  `python main.py --config <config> --mode prepare` (see `ncsn_jax.prepare`) or
+  `python main.py --config <config> --mode prepare` (see `ncsn_jax.modes.prepare`) or
   `tfds build cifar10 --file_format=array_record`; a TFRecord copy converts with
   `tfds convert_format --dataset_dir=<data_dir>/cifar10 --out_file_format=array_record`.
   Test split: CIFAR-10 `test`, CelebA `test`. CelebA: the central 140×140 of the 178×218 image,

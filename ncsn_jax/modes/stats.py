@@ -20,6 +20,7 @@ from ncsn_jax.data import pipeline
 from ncsn_jax.errors import DataError
 from ncsn_jax.evaluation import metrics
 from ncsn_jax.evaluation.features import FeatureExtractor, feature_extractor
+from ncsn_jax.modes import Options
 from ncsn_jax.data.reservoir import Reservoir
 
 
@@ -94,8 +95,9 @@ def load_reference_statistics(path: str) -> ReferenceStatistics:
     return ReferenceStatistics(mu, sigma, kid_features)
 
 
-def run_stats(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """`--mode stats`: the statistics of `eval.stats_split`, written to `statistics_path`; returns it."""
+def run(config: ml_collections.ConfigDict, workdir: str, options: Options) -> str:
+    """`--mode stats`: the statistics of `eval.stats_split`, written to `statistics_path`; returns it
+    (`options` holds nothing it reads)."""
     extractor = feature_extractor(config)
     stats = dataset_statistics(config, extractor, config.eval.stats_split)
     path = statistics_path(config, workdir)

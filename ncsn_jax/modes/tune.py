@@ -15,6 +15,7 @@ import numpy as np
 from ncsn_jax import schedule
 from ncsn_jax.data import pipeline
 from ncsn_jax.errors import DataError
+from ncsn_jax.modes import Options
 from ncsn_jax.data.reservoir import Reservoir
 
 # Technique 1 uses every image of training sets up to this size, and a random subset above it.
@@ -100,3 +101,11 @@ def report(tuned: TunedSchedule, config: ml_collections.ConfigDict) -> str:
         f"    config.sampling.step_lr = {tuned.step_lr:.3g}",
     ]
     return "\n".join(lines)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | None, options: Options) -> TunedSchedule:
+    """`--mode tune`: prints the tuned values beside the config's (`report`) and returns them; reads no
+    workdir and no option."""
+    tuned = tune(config)
+    print(report(tuned, config))
+    return tuned

@@ -23,6 +23,7 @@ from absl import logging
 
 from ncsn_jax.data import sources
 from ncsn_jax.errors import DataError
+from ncsn_jax.modes import Options
 
 _INSTALL = 'pip install "ncsn-jax[prepare]"'
 _ARRAY_RECORD = "array_record"
@@ -56,6 +57,14 @@ def prepare(config: ml_collections.ConfigDict) -> str:
     if dataset not in sources.TFDS_NAMES:
         raise ValueError(f"unknown config.data.dataset {dataset!r}; choose one of {', '.join(sources.DATASETS)}")
     return _prepare_tfds(sources.TFDS_NAMES[dataset], data.tfds_data_dir)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | None, options: Options) -> str:
+    """`--mode prepare`: prints what `prepare` did, or why it did nothing, and returns it; reads no workdir
+    and no option."""
+    message = prepare(config)
+    print(message)
+    return message
 
 
 def _prepare_tfds(name: str, data_dir: str | None) -> str:

@@ -20,6 +20,7 @@ from ncsn_jax.data import pipeline
 from ncsn_jax.sampling import methods, sharded
 from ncsn_jax.runtime import data_parallel
 from ncsn_jax.errors import DataError
+from ncsn_jax.modes import Options
 
 MODES = ("sample", "inpaint", "interpolate")
 
@@ -33,23 +34,21 @@ def _test_images(config: ml_collections.ConfigDict, count: int) -> np.ndarray:
     return first
 
 
-def run_mode(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    mode: str,
-    step: int | None = None,
-    official_checkpoint: str | None = None,
-) -> str:
-    """Runs `mode` (one of `MODES`) and writes its grid and arrays under `<workdir>/<mode>/`.
+def run(config: ml_collections.ConfigDict, workdir: str, options: Options) -> str:
+    """Runs `options.mode` (one of `MODES`) and writes its grid and arrays under `<workdir>/<mode>/`.
+
+    Reads the weights of checkpoint `options.checkpoint_step` (None: the latest), or of
+    `options.official_checkpoint` when given.
 
     Returns:
       The path of the PNG grid.
     """
+    mode, official_checkpoint = options.mode, options.official_checkpoint
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     config_checks.check_mode(config.sampling, mode)  # before the weights are loaded
     mesh = data_parallel.data_mesh()
-    state = weights.load_sampling_state(config, workdir, mesh, step, official_checkpoint)
+    state = weights.load_sampling_state(config, workdir, mesh, options.checkpoint_step, official_checkpoint)
     score_fn, sigmas, settings = state.score_fn(), state.sigmas, config.sampling
     label = f"step_{int(state.step)}" if not official_checkpoint else "official"
     label += methods.file_name_suffix(settings)  # other samplers' runs keep their own files

@@ -33,7 +33,8 @@ from ncsn_jax.runtime import data_parallel
 from ncsn_jax.errors import CheckpointNotFoundError, ConfigError
 from ncsn_jax.evaluation import metrics
 from ncsn_jax.evaluation.features import FeatureExtractor, feature_extractor
-from ncsn_jax.evaluation.reference import ReferenceStatistics, load_reference_statistics, statistics_path
+from ncsn_jax.modes import Options
+from ncsn_jax.modes.stats import ReferenceStatistics, load_reference_statistics, statistics_path
 from ncsn_jax.train_state import SamplingState
 from ncsn_jax.run.lock import WorkdirLock
 
@@ -93,7 +94,7 @@ def sample_features(
             # Whole: a kill during the write never leaves a truncated batch that would be read.
             files.save_npz(_batch_path(cache_dir, index), features=features, logits=logits)
     if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("ncsn_jax.evaluation.sweep.sample_features")
+        multihost_utils.sync_global_devices("ncsn_jax.modes.sweep.sample_features")
     parts = [files.load_npz(_batch_path(cache_dir, i)) for i in range(num_batches)]
     return (np.concatenate([p["features"] for p in parts])[:num_samples],
             np.concatenate([p["logits"] for p in parts])[:num_samples])
@@ -156,8 +157,10 @@ def steps_to_evaluate(available: list[int], config: ml_collections.ConfigDict, o
     return steps
 
 
-def run_eval(config: ml_collections.ConfigDict, workdir: str, checkpoint_step: int | None = None) -> dict:
+def run(config: ml_collections.ConfigDict, workdir: str, options: Options) -> dict:
     """`--mode eval`: the sweep, the best checkpoint on more samples, `eval/report.json`; returns the report.
+
+    Evaluates the checkpoints from `eval.begin_step` to `eval.end_step`, or only `options.checkpoint_step`.
 
     The report describes this sweep only; the metrics of earlier sweeps stay in their `eval/step_*`
     folders.
@@ -175,7 +178,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str, checkpoint_step: i
                 f"features, but {extractor.name} gives {feature_dim}: recompute them with --mode stats and the "
                 "same config.eval.features")
         mesh = data_parallel.data_mesh()
-        steps = steps_to_evaluate(weights.checkpoint_steps(workdir), config, checkpoint_step)
+        steps = steps_to_evaluate(weights.checkpoint_steps(workdir), config, options.checkpoint_step)
         eval_dir = files.eval_dir(workdir)
         results = {}
         for step in steps:
