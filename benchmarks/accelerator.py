@@ -44,8 +44,8 @@ import host_ceiling  # noqa: E402  (benchmarks/host_ceiling.py and timing.py, be
 import timing  # noqa: E402
 import configs  # noqa: E402  (the checkout's configs/, loaded by name or path)
 from ncsn_jax import train  # noqa: E402
-from ncsn_jax.sampling import langevin  # noqa: E402
 from ncsn_jax.runtime import data_parallel  # noqa: E402
+from ncsn_jax.sampling import langevin  # noqa: E402
 
 configs.define_config_flag("config", "cifar10", "A config's name or file, e.g. configs/tiny.py.", lock_config=False)
 flags.DEFINE_integer("batch_per_device", None, "Training images per device per step (default: the config's "

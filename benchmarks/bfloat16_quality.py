@@ -47,14 +47,14 @@ from absl import app, flags  # noqa: E402
 
 import configs  # noqa: E402  (the checkout's configs/, loaded by name or path)
 from ncsn_jax import config_checks, losses, train, train_state  # noqa: E402
-from ncsn_jax.run import images  # noqa: E402
 from ncsn_jax.data import pipeline  # noqa: E402
-from ncsn_jax.sampling import methods, sharded  # noqa: E402
-from ncsn_jax.runtime import data_parallel  # noqa: E402
 from ncsn_jax.evaluation import features  # noqa: E402
-from ncsn_jax.modes import stats, sweep  # noqa: E402
 from ncsn_jax.models import get_model  # noqa: E402
 from ncsn_jax.models.score import get_score_fn  # noqa: E402
+from ncsn_jax.modes import stats, sweep  # noqa: E402
+from ncsn_jax.run import images  # noqa: E402
+from ncsn_jax.runtime import data_parallel  # noqa: E402
+from ncsn_jax.sampling import methods, sharded  # noqa: E402
 
 configs.define_config_flag("config", None, "An MNIST config, e.g. configs/mnist.py.", lock_config=True)
 flags.DEFINE_integer("steps", 400, "Training steps of each run (at least 2).")

@@ -23,10 +23,10 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import configs  # noqa: E402  (the checkout's configs/, loaded by name or path)
-from ncsn_jax.run import images  # noqa: E402
 from ncsn_jax.data import pipeline  # noqa: E402
 from ncsn_jax.evaluation import features  # noqa: E402
 from ncsn_jax.modes import stats, sweep  # noqa: E402
+from ncsn_jax.run import images  # noqa: E402
 
 configs.define_config_flag("config", None, "Config file, e.g. configs/mnist.py.", lock_config=True)
 flags.DEFINE_integer("num_images", 200, "Images in each set.")

@@ -38,11 +38,11 @@ from absl import app, flags  # noqa: E402
 
 import configs  # noqa: E402  (the checkout's configs/, loaded by name or path)
 from ncsn_jax import config_checks, schedule  # noqa: E402
-from ncsn_jax.run import images, weights  # noqa: E402
-from ncsn_jax.sampling import methods, sharded  # noqa: E402
-from ncsn_jax.runtime import data_parallel  # noqa: E402
 from ncsn_jax.evaluation import features  # noqa: E402
 from ncsn_jax.modes import Options, stats, sweep  # noqa: E402
+from ncsn_jax.run import images, weights  # noqa: E402
+from ncsn_jax.runtime import data_parallel  # noqa: E402
+from ncsn_jax.sampling import methods, sharded  # noqa: E402
 from tests import gaussian_mixture  # noqa: E402
 
 # (method, settings): the paper's sampler first (the reference), then cheaper budgets of each method.

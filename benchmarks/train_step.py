@@ -30,8 +30,8 @@ from absl import app, flags  # noqa: E402
 
 import timing  # noqa: E402  (benchmarks/timing.py, beside this script: not a package)
 from ncsn_jax import train  # noqa: E402
-from ncsn_jax.sampling import langevin  # noqa: E402
 from ncsn_jax.runtime import data_parallel  # noqa: E402
+from ncsn_jax.sampling import langevin  # noqa: E402
 
 configs.define_config_flag("config", None, "Config file, e.g. configs/cifar10.py.", lock_config=True)
 flags.DEFINE_integer("batch_size", 8, "Global images per step (divisible by the device count).")

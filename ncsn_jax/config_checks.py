@@ -11,10 +11,10 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
-from ncsn_jax.sampling import methods
 from ncsn_jax.data.sources import DATASETS
 from ncsn_jax.errors import ConfigError
 from ncsn_jax.models import COMPUTE_DTYPES, MODELS
+from ncsn_jax.sampling import methods
 from ncsn_jax.schedule import geometric_sigmas
 from ncsn_jax.train_state import LR_SCHEDULES
 

@@ -29,9 +29,9 @@ from jax.extend import core as jax_core
 
 from configs import tiny
 from ncsn_jax import train, train_state
-from ncsn_jax.sampling import langevin, methods
 from ncsn_jax.models import get_model, layers, ncsnv2
 from ncsn_jax.models.score import get_score_fn
+from ncsn_jax.sampling import langevin, methods
 
 BATCH = 2
 IMAGE_SHAPE = (16, 16, 3)

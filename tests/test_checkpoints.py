@@ -12,8 +12,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from configs import tiny
 from ncsn_jax import train, train_state
-from ncsn_jax.run import checkpoints
 from ncsn_jax.errors import CheckpointMismatchError, CheckpointNotFoundError, UnreadableCheckpointError
+from ncsn_jax.run import checkpoints
 
 # When Orbax fails to read a damaged file, TensorStore later calls back into an event loop Orbax has
 # closed; Python reports that as an unraisable exception, in whichever test is running by then.

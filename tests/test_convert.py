@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from ncsn_jax import losses, schedule
-from ncsn_jax.sampling import langevin
-from ncsn_jax.official import convert
 from ncsn_jax.models import NCSNv2
 from ncsn_jax.models.score import get_score_fn
+from ncsn_jax.official import convert
+from ncsn_jax.sampling import langevin
 from tests.fixtures import nhwc, official_state_dict, reference
 
 MODEL = NCSNv2(ngf=16)

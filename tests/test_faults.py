@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 from ncsn_jax import train_state
+from ncsn_jax.errors import CheckpointMismatchError
 from ncsn_jax.modes import Options, train
 from ncsn_jax.run import checkpoints, config_record
 from ncsn_jax.runtime import data_parallel
-from ncsn_jax.errors import CheckpointMismatchError
 from tests.test_main import REPO, command, tiny_mnist
 
 

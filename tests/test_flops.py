@@ -3,8 +3,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from ncsn_jax.models import flops
 from ncsn_jax.models import MODELS
+from ncsn_jax.models import flops
 
 
 def test_closed_forms_of_a_convolution_and_a_matrix_product():

@@ -31,9 +31,9 @@ import pytest
 
 from configs import tiny
 from ncsn_jax import config_checks, train, train_state
-from ncsn_jax.sampling import langevin, methods, sharded
-from ncsn_jax.runtime import data_parallel
 from ncsn_jax.evaluation import digits, inception
+from ncsn_jax.runtime import data_parallel
+from ncsn_jax.sampling import langevin, methods, sharded
 
 PLATFORMS = ("cuda", "tpu")
 NETWORKS = ("ncsnv2", "ncsnv2_deeper", "ncsnv2_deepest")

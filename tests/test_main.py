@@ -14,11 +14,11 @@ import tensorflow_datasets as tfds
 
 from configs import mnist, tiny
 from ncsn_jax import cli, train, train_state
+from ncsn_jax.errors import NonFiniteLossError
 from ncsn_jax.modes import Options
 from ncsn_jax.modes import train as train_mode
 from ncsn_jax.run import checkpoints
 from ncsn_jax.runtime import data_parallel
-from ncsn_jax.errors import NonFiniteLossError
 
 REPO = pathlib.Path(__file__).parent.parent
 

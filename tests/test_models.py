@@ -7,8 +7,8 @@ import pytest
 from scipy import ndimage
 
 from ncsn_jax.models import NCSNv2, NCSNv2Deeper, NCSNv2Deepest, get_model
-from ncsn_jax.models.score import get_score_fn
 from ncsn_jax.models.layers import InstanceNormPlus, resize_bilinear_align_corners
+from ncsn_jax.models.score import get_score_fn
 from tests.fixtures import nhwc, reference
 
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from ncsn_jax import cli
-from ncsn_jax.runtime import processes
 from ncsn_jax.errors import ConfigError
+from ncsn_jax.runtime import processes
 from tests.test_main import REPO, TINY_MNIST, saved_params, tiny_mnist
 
 # Every run below: 8 images a step, 4 per process (or per device), checkpoints at 2, 4, 6.

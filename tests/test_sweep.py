@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from ncsn_jax import cli
-from ncsn_jax.run import checkpoints, weights
-from ncsn_jax.sampling import sharded
 from ncsn_jax.errors import CheckpointNotFoundError, ConfigError, DataError
 from ncsn_jax.evaluation import digits, metrics
 from ncsn_jax.modes import Options, stats, sweep, train
+from ncsn_jax.run import checkpoints, weights
+from ncsn_jax.sampling import sharded
 from ncsn_jax.train_state import SamplingState
 from tests.test_main import tiny_mnist
 

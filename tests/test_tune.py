@@ -5,8 +5,8 @@ from scipy.spatial.distance import pdist
 from sklearn.datasets import load_digits
 
 from configs import default
-from ncsn_jax.errors import DataError
 from ncsn_jax import schedule
+from ncsn_jax.errors import DataError
 from ncsn_jax.modes import tune
 
 

@@ -15,12 +15,12 @@ import numpy as np
 from absl import logging
 
 from ncsn_jax import config_checks
-from ncsn_jax.run import files, images, weights
 from ncsn_jax.data import pipeline
-from ncsn_jax.sampling import methods, sharded
-from ncsn_jax.runtime import data_parallel
 from ncsn_jax.errors import DataError
 from ncsn_jax.modes import Options
+from ncsn_jax.run import files, images, weights
+from ncsn_jax.runtime import data_parallel
+from ncsn_jax.sampling import methods, sharded
 
 MODES = ("sample", "inpaint", "interpolate")
 

@@ -15,13 +15,13 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from ncsn_jax.run import files
 from ncsn_jax.data import pipeline
+from ncsn_jax.data.reservoir import Reservoir
 from ncsn_jax.errors import DataError
 from ncsn_jax.evaluation import metrics
 from ncsn_jax.evaluation.features import FeatureExtractor, feature_extractor
 from ncsn_jax.modes import Options
-from ncsn_jax.data.reservoir import Reservoir
+from ncsn_jax.run import files
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,16 +27,16 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from ncsn_jax.run import checkpoints, files, images, weights
-from ncsn_jax.sampling import methods, sharded
-from ncsn_jax.runtime import data_parallel
 from ncsn_jax.errors import CheckpointNotFoundError, ConfigError
 from ncsn_jax.evaluation import metrics
 from ncsn_jax.evaluation.features import FeatureExtractor, feature_extractor
 from ncsn_jax.modes import Options
 from ncsn_jax.modes.stats import ReferenceStatistics, load_reference_statistics, statistics_path
-from ncsn_jax.train_state import SamplingState
+from ncsn_jax.run import checkpoints, files, images, weights
 from ncsn_jax.run.lock import WorkdirLock
+from ncsn_jax.runtime import data_parallel
+from ncsn_jax.sampling import methods, sharded
+from ncsn_jax.train_state import SamplingState
 
 
 def quality_metrics(

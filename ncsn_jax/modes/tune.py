@@ -14,9 +14,9 @@ import numpy as np
 
 from ncsn_jax import schedule
 from ncsn_jax.data import pipeline
+from ncsn_jax.data.reservoir import Reservoir
 from ncsn_jax.errors import DataError
 from ncsn_jax.modes import Options
-from ncsn_jax.data.reservoir import Reservoir
 
 # Technique 1 uses every image of training sets up to this size, and a random subset above it.
 ALL_IMAGES_UP_TO = 60_000

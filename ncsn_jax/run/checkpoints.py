@@ -34,9 +34,9 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from ncsn_jax import trees
-from ncsn_jax.run import files
 from ncsn_jax.errors import (CheckpointMismatchError, CheckpointNotFoundError, CheckpointWriteError,
                              UnreadableCheckpointError)
+from ncsn_jax.run import files
 
 _STATE = "state"
 # Orbax names a step directory by the bare step number; a set-aside damaged checkpoint gets this suffix,

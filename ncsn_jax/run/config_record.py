@@ -14,8 +14,8 @@ from typing import Any
 import jax
 import ml_collections
 
-from ncsn_jax.run import files
 from ncsn_jax.errors import CheckpointMismatchError
+from ncsn_jax.run import files
 
 # The fields that change the parameters or their meaning: the input the network sees, the network, and
 # the noise levels its conditioning was trained on. Everything else (batch size, lr, step counts,

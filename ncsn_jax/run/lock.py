@@ -23,8 +23,8 @@ from typing import Any
 import jax
 from absl import logging
 
-from ncsn_jax.run import files
 from ncsn_jax.errors import WorkdirError
+from ncsn_jax.run import files
 
 
 class WorkdirLock:

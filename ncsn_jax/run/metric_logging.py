@@ -10,8 +10,8 @@ from typing import Mapping
 import jax
 from absl import logging
 
-from ncsn_jax.run import files
 from ncsn_jax.errors import WorkdirError
+from ncsn_jax.run import files
 
 # Object storage has no appends: a log there is uploaded whole, at most this often (and at every `flush`).
 REMOTE_UPLOAD_SECONDS = 30.0

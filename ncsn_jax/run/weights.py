@@ -17,9 +17,9 @@ from absl import logging
 from jax.sharding import Mesh
 
 from ncsn_jax import train_state
-from ncsn_jax.run import checkpoints, files
-from ncsn_jax.official import convert
 from ncsn_jax.errors import CheckpointMismatchError, CheckpointNotFoundError, UnreadableCheckpointError
+from ncsn_jax.official import convert
+from ncsn_jax.run import checkpoints, files
 from ncsn_jax.train_state import SamplingState
 
 def checkpoint_steps(workdir: str) -> list[int]:

@@ -30,9 +30,9 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from ncsn_jax import schedule
-from ncsn_jax.sampling import langevin, sde
 from ncsn_jax.errors import ConfigError
 from ncsn_jax.models.score import ScoreFn
+from ncsn_jax.sampling import langevin, sde
 
 
 def sub_ladder_indices(num_levels: int, stride: int) -> np.ndarray:

@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from ncsn_jax.sampling.langevin import SamplerOutput, denoise_step, jit_sampler
 from ncsn_jax.models.score import ScoreFn
+from ncsn_jax.sampling.langevin import SamplerOutput, denoise_step, jit_sampler
 
 
 def _per_example_norm(a: jax.Array) -> jax.Array:

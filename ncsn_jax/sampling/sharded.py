@@ -20,9 +20,9 @@ import tqdm
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from ncsn_jax.sampling import langevin, methods
-from ncsn_jax.runtime import data_parallel
 from ncsn_jax.models.score import ScoreFn
+from ncsn_jax.runtime import data_parallel
+from ncsn_jax.sampling import langevin, methods
 
 ImageShape = tuple[int, int, int]
 
