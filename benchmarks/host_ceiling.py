@@ -8,9 +8,10 @@ the benchmark runs the training loop itself (`ncsn_jax.modes.train.run`: the pip
 processes, prefetch to the mesh, the per-step keys, the progress bar, the metrics and TensorBoard logs, the
 test loss every `eval_freq` steps, the checkpointer's preemption poll), with `train.train_step` and
 `train.eval_step` replaced by jitted functions of negligible cost that read every image of the batch (the
-sum of each image's first pixel) and return the state with `step + 1`. No network runs (`snapshot_samples = 0`); the only
-checkpoint is the one at the end, outside the timed window. The network is built at `ngf = 8`: its state
-has the same leaves as the paper's (what the step's dispatch pays for), only smaller.
+sum of each image's first pixel) and return the state with `step + 1`. No network runs
+(`snapshot_samples = 0`); the only checkpoint is the one at the end, outside the timed window. The network
+is built at `ngf = 8`: its state has the same leaves as the paper's (what the step's dispatch pays for),
+only smaller.
 
 The data are real encoded images, made here from the photographs that ship with scikit-learn (random
 crops, scales, flips and colour shifts, so that they compress as photographs do), in the form a prepared
@@ -271,10 +272,9 @@ def _cpu_seconds() -> np.ndarray:
 
 
 @contextlib.contextmanager
-def cheap_steps(marks: list, losses: list, window: tuple[int, int]):
+def cheap_steps(marks: list, losses: list):
     """Replaces the training and evaluation steps by jitted ones of negligible cost; appends
-    (perf_counter, CPU seconds, child processes) to `marks` at each training step call (the CPU seconds and
-    the children only at the calls numbered `window`: reading /proc costs milliseconds) and its loss (the sum of the
+    (perf_counter, CPU seconds) to `marks` at each training step call and its loss (the sum of the
     batch's first pixels, a fingerprint of the batch) to `losses`."""
     import jax
     import jax.numpy as jnp
@@ -291,8 +291,7 @@ def cheap_steps(marks: list, losses: list, window: tuple[int, int]):
         return {"loss": jnp.mean(batch[:, 0, 0, 0])}
 
     def timed_train_step(state, batch, rng):
-        at_edge = len(marks) in window
-        marks.append((time.perf_counter(), _cpu_seconds() if at_edge else None, len(_child_pids()) if at_edge else None))
+        marks.append((time.perf_counter(), _cpu_seconds(), len(_child_pids())))
         if len(marks) == 1:  # compile the test loss now, not inside the timed window
             jax.block_until_ready(eval_step(state, batch, rng))
         state, metrics = train_step(state, batch, rng)
@@ -304,8 +303,9 @@ def cheap_steps(marks: list, losses: list, window: tuple[int, int]):
 
 
 def run_loop(config, warmup_steps: int, steps: int, fixed_batch=None) -> dict:
-    """Runs the training loop (`modes.train.run`) with the cheap steps over warmup + steps (+1) steps; times the last
-    `steps`. With `fixed_batch`, every batch (train and test) is that array instead of the pipeline's."""
+    """Runs the training loop (`modes.train.run`) with the cheap steps over warmup + steps (+1) steps; times
+    the last `steps`. With `fixed_batch`, every batch (train and test) is that array instead of the
+    pipeline's."""
     from ncsn_jax.data import pipeline
     from ncsn_jax.modes import Options, train
 
@@ -318,7 +318,7 @@ def run_loop(config, warmup_steps: int, steps: int, fixed_batch=None) -> dict:
     feed = contextlib.nullcontext()
     if fixed_batch is not None:
         feed = mock.patch.object(pipeline, "get_dataset", lambda *args, **kwargs: itertools.repeat(fixed_batch))
-    with tempfile.TemporaryDirectory() as workdir, cheap_steps(marks, losses, (warmup_steps, warmup_steps + steps)), feed:
+    with tempfile.TemporaryDirectory() as workdir, cheap_steps(marks, losses), feed:
         train.run(config, workdir, Options("train"))
     (wall_0, cpu_0, _), (wall_1, cpu_1, children) = marks[warmup_steps], marks[warmup_steps + steps]
     seconds = wall_1 - wall_0
