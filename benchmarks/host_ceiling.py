@@ -25,7 +25,8 @@ pipeline starts `n` decoding worker processes (`config.data.decode_processes` le
 core the process may use; they inherit the pinning), and the loop's own thread, XLA and the decoders share
 those `n` cores as they would share a host's. Per config and core count it measures:
 
-- `loop`: the training loop over `--steps` steps after `--warmup_steps`: steps/s, images/s and the
+- `loop`: the training loop over `--steps` steps after `--warmup_steps` (and at least the first test
+  loss, which starts the test split's decoding workers once a run): steps/s, images/s and the
   CPU-seconds per step between the first and the last timed step call, of the training process (all its
   threads) and of its decoding processes (from /proc);
 - `loop_without_decoding`: the same loop fed one decoded batch again and again (the pipeline replaced):
@@ -306,12 +307,14 @@ def cheap_steps(marks: list, losses: list, window: tuple[int, int]):
 
 def run_loop(config, warmup_steps: int, steps: int, fixed_batch=None) -> dict:
     """Runs the training loop (`modes.train.run`) with the cheap steps over warmup + steps (+1) steps; times
-    the last `steps`. With `fixed_batch`, every batch (train and test) is that array instead of the
-    pipeline's."""
+    the last `steps`. The warmup lasts at least to the first test loss, which starts the test split's decoding
+    workers, once a run: the window measures the steady state. With `fixed_batch`, every batch (train and
+    test) is that array instead of the pipeline's."""
     from ncsn_jax.data import pipeline
     from ncsn_jax.modes import Options, train
 
     training = config.training
+    warmup_steps = max(warmup_steps, training.eval_freq)
     training.n_iters = warmup_steps + steps + 1
     training.snapshot_freq = 10 * training.n_iters  # the end's checkpoint only, after the timed window
     training.snapshot_samples = 0
@@ -327,6 +330,7 @@ def run_loop(config, warmup_steps: int, steps: int, fixed_batch=None) -> dict:
     evals = sum(1 for s in range(warmup_steps + 1, warmup_steps + steps + 1) if s % training.eval_freq == 0)
     logs = sum(1 for s in range(warmup_steps + 1, warmup_steps + steps + 1) if s % training.log_freq == 0)
     return {
+        "warmup_steps": warmup_steps,
         "steps": steps,
         "step_calls": len(marks),
         "distinct_batches": len({float(loss) for loss in losses}),  # by their fingerprints
@@ -339,8 +343,7 @@ def run_loop(config, warmup_steps: int, steps: int, fixed_batch=None) -> dict:
         "training_process_cpu_s_per_step": float(cpu_1[0] - cpu_0[0]) / steps,
         "decoding_processes_cpu_s_per_step": float(cpu_1[1] - cpu_0[1]) / steps,
         "cores_busy": float(sum(cpu_1 - cpu_0)) / seconds,  # CPU-seconds per second: how many cores it kept busy
-        # the decoding workers at the window's end: the train split's, and the test split's after a test loss
-        "child_processes": children,
+        "child_processes": children,  # the decoding workers at the window's end: the train and test splits'
     }
 
 
