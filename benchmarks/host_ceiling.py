@@ -364,7 +364,7 @@ def run_pipeline(config, batches: int) -> dict:
 
 def stage_costs(config, count: int = 64) -> dict:
     """One thread's CPU milliseconds per image (`time.thread_time`, unaffected by other processes) for each
-    stage of reading a training image."""
+    stage of reading a training image as the pipeline reads it."""
     from ncsn_jax.data import sources
 
     data = config.data
@@ -381,7 +381,8 @@ def stage_costs(config, count: int = 64) -> dict:
             start = time.thread_time()
             record = raw[i]
             read = time.thread_time()
-            image = examples.dataset_info.features.deserialize_example_np(record, decoders=None)["image"]
+            image = Image.open(io.BytesIO(sources.encoded_image(record)))  # the image alone, as the pipeline
+            image.load()
             decoded = time.thread_time()
             timings["read_ms"] += read - start
             timings["decode_ms"] += decoded - read

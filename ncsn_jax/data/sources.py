@@ -431,17 +431,23 @@ def _tfds_source(name: str, split: str, data_dir: str | None, fit: Callable) -> 
     records = getattr(examples, "data_source", None)
     if records is None or not len(examples) or not isinstance(records[0], bytes):  # e.g. mock data: decoded
         return Source(len(examples), _stack(lambda i: fit(examples[i]["image"])))
-    # A prepared dataset's records, parsed for the image alone: TFDS's own parsing converts every feature
-    # (CelebA has 40 attributes and 10 landmarks) in Python, which took twice as long as decoding the
-    # JPEG. The image is decoded by PIL, as TFDS decodes it where OpenCV is not installed.
-    from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=import-outside-toplevel
 
-    def read_one(i):
-        encoded = tf_example_pb2.Example.FromString(records[i]).features.feature["image"].bytes_list.value[0]
-        with Image.open(io.BytesIO(encoded)) as image:
+    def read_one(i):  # decoded by PIL, as TFDS decodes images where OpenCV is not installed
+        with Image.open(io.BytesIO(encoded_image(records[i]))) as image:
             return fit(image)
 
     return Source(len(examples), _stack(read_one))
+
+
+def encoded_image(record: bytes) -> bytes:
+    """The encoded image (PNG, JPEG, ...) of a prepared TFDS record, a serialized tf.train.Example.
+
+    Parsed for the image alone: TFDS's own parsing converts every feature (CelebA has 40 attributes and
+    10 landmarks) in Python, which took twice as long as decoding the JPEG.
+    """
+    from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=import-outside-toplevel  # optional
+
+    return tf_example_pb2.Example.FromString(record).features.feature["image"].bytes_list.value[0]
 
 
 def missing_tfds_message(name: str, data_dir: str | None, dataset_dir: str) -> str:
