@@ -5,8 +5,9 @@
 The same program as the installed `ncsn-jax` command: the flags and the dispatch are in
 `ncsn_jax/cli.py`, the logic in the importable modules of `ncsn_jax`.
 
-Everything happens under `__main__`: the input pipeline's decoding worker processes are spawned, and a
-spawned process imports the program's main file (as `__mp_main__`), which must then cost nothing.
+Everything happens under `__main__`: a process that multiprocessing starts with "spawn" imports the
+program's main file (as `__mp_main__`), which must then cost nothing. (The input pipeline's decoding workers
+start with `python -c` and import neither.)
 """
 if __name__ == "__main__":
     # Before anything allocates: restart with mimalloc preloaded (ncsn_jax/runtime/cpu_runtime.py says why).

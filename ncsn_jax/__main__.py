@@ -1,7 +1,8 @@
 """The `ncsn-jax` command and `python -m ncsn_jax`: the same program as main.py (see ncsn_jax/cli.py).
 
 Nothing heavy is imported at the top: the command's script imports this module at its top level, and so
-does every worker process that multiprocessing starts with "spawn" (each re-imports the main script).
+would any process that multiprocessing starts with "spawn", which re-imports the main script. (The input
+pipeline's decoding workers start with `python -c` and import neither.)
 """
 
 
