@@ -139,7 +139,7 @@ def dependents(jaxpr: jax_core.Jaxpr, sources: set, scope: str = "") -> tuple[li
         for sub in subs:
             inner = _inputs_of_sub(eqn, sub, tainted)
             if eqn.primitive.name == "scan":  # a carry computed from the sources feeds the next iteration
-                consts, carry = eqn.params["num_consts"], eqn.params["num_carry"]
+                consts, carry = scan_consts_and_carry(eqn.params)
                 while True:
                     inner_found, inner_out = dependents(sub, inner, full)
                     fed_back = {sub.invars[consts + i] for i, v in enumerate(sub.outvars[:carry]) if v in inner_out}
@@ -156,6 +156,14 @@ def dependents(jaxpr: jax_core.Jaxpr, sources: set, scope: str = "") -> tuple[li
             tainted.update(eqn.outvars)
     out = {v for v in jaxpr.outvars if _is_var(v) and v in tainted}
     return found, out
+
+
+def scan_consts_and_carry(params) -> tuple[int, int]:
+    """How many of a scan equation's inputs are constants, and how many after them are the carry."""
+    if "num_consts" in params:  # jax 0.10
+        return params["num_consts"], params["num_carry"]
+    consts, carry, _ = params["ft_in"].elts  # jax >= 0.11: the flat trees of (constants, carry, xs)
+    return len(consts), len(carry)
 
 
 def float_dtypes(eqn) -> set[str]:
