@@ -111,12 +111,14 @@ def test_image_folder_splits_resizes_and_converts(folder):
 def test_lsun_reads_the_official_lmdb_and_exported_images(tmp_path):
     lmdb = pytest.importorskip("lmdb")
     pictures = [np.full((12, 20, 3), 40 * i, np.uint8) for i in range(4)]
+    # LSUN's keys are 40 hex digits; keys of other lengths, some ending in NUL bytes, are read as exactly.
+    keys = [f"{0:040x}".encode(), b"1\0", b"2" * 70, b"3\0\0"]
     env = lmdb.open(str(tmp_path / "tower_train_lmdb"), map_size=1 << 24)
     with env.begin(write=True) as txn:
-        for i, picture in enumerate(pictures):
+        for key, picture in zip(keys, pictures):
             encoded = io.BytesIO()
             Image.fromarray(picture).save(encoded, format="webp", lossless=True)
-            txn.put(f"{i:040x}".encode(), encoded.getvalue())
+            txn.put(key, encoded.getvalue())
     env.close()
     (tmp_path / "tower_val").mkdir()
     Image.fromarray(pictures[3]).save(tmp_path / "tower_val" / "a.jpg")

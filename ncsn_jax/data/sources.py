@@ -50,7 +50,7 @@ import signal
 import sys
 import threading
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from absl import logging
@@ -267,8 +267,8 @@ def _lmdb_source(path: pathlib.Path, fit: Callable[[Image.Image], np.ndarray], r
     # Read-only and lock-free, so that the worker threads read concurrently.
     env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False, max_readers=64)
     with env.begin() as txn:
-        keys = list(txn.cursor().iternext(keys=True, values=False))  # LMDB keeps keys sorted
-    if not keys:
+        keys = _PackedKeys(txn.cursor().iternext(keys=True, values=False))  # LMDB keeps keys sorted
+    if not len(keys):
         raise DataError(f"the LMDB {str(path)!r} holds no images")
 
     def read_one(i):
@@ -278,6 +278,22 @@ def _lmdb_source(path: pathlib.Path, fit: Callable[[Image.Image], np.ndarray], r
     skipping = _SkipUndecodable(read_one, len(keys), lambda i: f"{path} record {keys[i].decode(errors='replace')}",
                                 report)
     return Source(len(keys), _stack(skipping))
+
+
+class _PackedKeys:
+    """A list of byte strings held as one buffer and its offsets: LSUN bedroom's 3,033,042 keys take 146 MB
+    so, against 246 MB as Python bytes objects, in the training process and again in each decoding worker."""
+
+    def __init__(self, keys: Iterable[bytes]):
+        keys = list(keys)
+        self._offsets = np.cumsum([0, *map(len, keys)], dtype=np.int64)
+        self._buffer = b"".join(keys)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, index: int) -> bytes:
+        return self._buffer[self._offsets[index]:self._offsets[index + 1]]
 
 
 class _SkipUndecodable:
