@@ -124,8 +124,10 @@ def test_lsun_reads_the_official_lmdb_and_exported_images(tmp_path):
     Image.fromarray(pictures[3]).save(tmp_path / "tower_val" / "a.jpg")
 
     config = folder_config(tmp_path, dataset="tower", size=6)
-    (train,) = read(config, "train", 4)
-    np.testing.assert_allclose(train, np.array(pictures)[:, :6, :6] / 255)
+    for decode_processes in (0, None):  # threads, then worker processes (each lists the keys at its first read)
+        config.data.decode_processes = decode_processes
+        (train,) = read(config, "train", 4)
+        np.testing.assert_allclose(train, np.array(pictures)[:, :6, :6] / 255)
     (test,) = read(config, "test", 1)
     assert test.shape == (1, 6, 6, 3) and abs(test.mean() - 120 / 255) < 3 / 255  # JPEG is lossy
     config.data.dataset = "bedroom"

@@ -50,7 +50,7 @@ import signal
 import sys
 import threading
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from absl import logging
@@ -266,8 +266,7 @@ def _lmdb_source(path: pathlib.Path, fit: Callable[[Image.Image], np.ndarray], r
             from None
     # Read-only and lock-free, so that the worker threads read concurrently.
     env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False, max_readers=64)
-    with env.begin() as txn:
-        keys = _PackedKeys(txn.cursor().iternext(keys=True, values=False))  # LMDB keeps keys sorted
+    keys = _LmdbKeys(env, path)
     if not len(keys):
         raise DataError(f"the LMDB {str(path)!r} holds no images")
 
@@ -280,20 +279,37 @@ def _lmdb_source(path: pathlib.Path, fit: Callable[[Image.Image], np.ndarray], r
     return Source(len(keys), _stack(skipping))
 
 
-class _PackedKeys:
-    """A list of byte strings held as one buffer and its offsets: LSUN bedroom's 3,033,042 keys take 146 MB
-    so, against 246 MB as Python bytes objects, in the training process and again in each decoding worker."""
+class _LmdbKeys:
+    """An LMDB's keys in order (LMDB keeps them sorted), counted from its header and listed at the first lookup.
 
-    def __init__(self, keys: Iterable[bytes]):
-        keys = list(keys)
-        self._offsets = np.cumsum([0, *map(len, keys)], dtype=np.int64)
-        self._buffer = b"".join(keys)
+    The training process whose worker processes decode only counts them. Listed, they are one buffer and its
+    offsets: LSUN bedroom's 3,033,042 keys take 146 MB so, against 246 MB as Python bytes objects.
+    """
+
+    def __init__(self, env, path: pathlib.Path):
+        self._env, self._path = env, path
+        self._count = env.stat()["entries"]
+        self._lock = threading.Lock()  # decoding threads look keys up concurrently
+        self._listed = None  # (buffer, offsets)
 
     def __len__(self) -> int:
-        return len(self._offsets) - 1
+        return self._count
 
     def __getitem__(self, index: int) -> bytes:
-        return self._buffer[self._offsets[index]:self._offsets[index + 1]]
+        if self._listed is None:
+            with self._lock:
+                if self._listed is None:
+                    self._listed = self._list()
+        buffer, offsets = self._listed
+        return buffer[offsets[index]:offsets[index + 1]]
+
+    def _list(self) -> tuple[bytes, np.ndarray]:
+        with self._env.begin() as txn:
+            keys = list(txn.cursor().iternext(keys=True, values=False))
+        if len(keys) != self._count:  # e.g. named sub-databases, whose names the header counts as entries
+            raise DataError(f"the LMDB {str(self._path)!r} lists {len(keys)} records but its header counts "
+                            f"{self._count}; it is not an LSUN image database")
+        return b"".join(keys), np.cumsum([0, *map(len, keys)], dtype=np.int64)
 
 
 class _SkipUndecodable:
