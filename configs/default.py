@@ -54,7 +54,8 @@ def get_default_config() -> ml_collections.ConfigDict:
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.batch_size = 100
     # The sampler (ncsn_jax/sampling/methods.py): "ald", the paper's annealed Langevin dynamics; "cas",
-    # consistent annealed sampling; "pc", the VE SDE's predictor-corrector; "ode", the probability flow.
+    # consistent annealed sampling; "pc", the VE SDE's predictor-corrector; "ode", the probability flow;
+    # "ancestral", "dpm_solver_2m_sde" and "edm", the diffusion literature's (ncsn_jax/sampling/diffusion.py).
     sampling.method = "ald"
     sampling.n_steps_each = 5  # T: ald and cas steps per noise level
     sampling.step_lr = 6.2e-6  # ε, the step size at σL (re-derived by technique 4 when ladder_stride > 1)
@@ -62,6 +63,18 @@ def get_default_config() -> ml_collections.ConfigDict:
     sampling.ladder_stride = 1  # k > 1: sample on every k-th σ of the trained ladder (both ends kept)
     sampling.corrector_steps = 1  # pc: Langevin corrector steps per level
     sampling.snr = 0.16  # pc: the corrector's signal-to-noise ratio (score_sde's CIFAR-10 value)
+    # The levels the sampler visits: "ladder", the trained ladder (every ladder_stride-th σ); "rho",
+    # num_levels levels from σ1 to σL spaced as Karras et al. (2022) with rho (all methods but ald and cas).
+    sampling.schedule = "ladder"
+    sampling.num_levels = 32
+    sampling.rho = 7.0
+    # dpm_solver_2m_sde: η, the noise of the reverse process its steps follow (1: the reverse SDE; 0: the ODE).
+    sampling.eta = 4.0
+    # edm (Karras et al. 2022, Algorithm 2): S_churn, the levels [S_tmin, S_tmax] that churn, and S_noise.
+    sampling.churn = 40.0
+    sampling.churn_min_sigma = 0.0
+    sampling.churn_max_sigma = 1000.0
+    sampling.churn_noise = 1.0
     sampling.num_samples = 100  # --mode sample
     sampling.n_interpolations = 15  # --mode interpolate: columns per row
     sampling.num_references = 8  # --mode inpaint and interpolate: test images used (grid rows)

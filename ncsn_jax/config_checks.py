@@ -8,6 +8,8 @@ about, and `check_sampling` runs them. `check_config` runs every rule that needs
 """
 from __future__ import annotations
 
+import math
+
 import ml_collections
 import numpy as np
 
@@ -35,12 +37,34 @@ def check_sampling(settings: ml_collections.ConfigDict, sigmas: np.ndarray) -> N
     """
     method = methods.get_method(settings.method)  # its error names the methods there are
     stride, num_levels = settings.ladder_stride, len(sigmas)
-    if not isinstance(stride, int) or stride < 1:
+    if not _is_int(stride) or stride < 1:
         raise ConfigError(f"config.sampling.ladder_stride must be a positive integer, got {stride!r}")
     if stride >= num_levels:
         raise ConfigError(f"config.sampling.ladder_stride {stride} must be at least 1 and less than the ladder's "
                           f"{num_levels} levels")
+    if settings.schedule not in methods.SCHEDULES:
+        raise ConfigError(f"config.sampling.schedule is {settings.schedule!r}; choose one of "
+                          f"{', '.join(methods.SCHEDULES)}")
+    if settings.schedule == "rho":
+        if not method.any_levels:
+            raise ConfigError(f"config.sampling.method {settings.method!r} runs on the trained ladder only "
+                              "(config.sampling.schedule 'ladder', with ladder_stride for fewer levels): its step "
+                              "size is technique 4's for a geometric ladder")
+        if stride != 1:
+            raise ConfigError(f"config.sampling.ladder_stride {stride} applies to config.sampling.schedule 'ladder'; "
+                              "with 'rho', config.sampling.num_levels sets the levels")
+        if not _is_int(settings.num_levels) or settings.num_levels < 2:
+            raise ConfigError(f"config.sampling.num_levels must be an integer of at least 2 (σ1 and σL), got "
+                              f"{settings.num_levels!r}")
+        rho = settings.rho
+        if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0 < rho < math.inf:
+            raise ConfigError(f"config.sampling.rho must be a positive number (7 spaces the levels as Karras et al.), "
+                              f"got {rho!r}")
     method.check(settings, np.asarray(sigmas))
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_mode(settings: ml_collections.ConfigDict, mode: str) -> None:

@@ -21,7 +21,8 @@ that ladder and the sampler's step size from the data instead of by hand:
   possible. This reproduces the configs' ε for CIFAR-10, CelebA, LSUN bedroom/tower and FFHQ;
   the LSUN church config (T = 4) uses 4.9e-6 where the formula gives 2.3e-6.
 
-`geometric_sigmas` is the single place the σ table is built; everything else reads it.
+`geometric_sigmas` is the single place the trained σ table is built; everything else reads it.
+`rho_sigmas` gives the levels of the samplers' other schedule, between the same σ1 and σL.
 """
 
 import math
@@ -70,6 +71,32 @@ def geometric_sigmas(sigma_begin: float, sigma_end: float, num_scales: int) -> n
     log_sigmas = np.linspace(np.log(sigma_begin), np.log(sigma_end), int(num_scales),
                              dtype=np.float64)
     return np.exp(log_sigmas).astype(np.float32)
+
+
+def rho_sigmas(sigma_begin: ArrayLike, sigma_end: ArrayLike, num_levels: int, rho: float) -> jax.Array:
+    """`num_levels` noise levels from σ1 to σL, evenly spaced in σ^(1/ρ) (Karras et al., 2022, eq. 5).
+
+    ρ = 1 spaces them evenly in σ, ρ → ∞ evenly in log σ (the geometric ladder); ρ = 7, EDM's choice,
+    puts more of them at small σ, where a sampler's steps matter most to the image's detail. A sampler
+    visits these levels instead of the trained ladder's (`config.sampling.schedule = "rho"`): the
+    networks' score is f(x)/σ (technique 3), defined at every σ.
+
+    Args:
+      sigma_begin: σ1, the largest level (scalar, may be traced).
+      sigma_end: σL, the smallest, 0 < σL < σ1 (scalar, may be traced).
+      num_levels: N ≥ 2, static.
+      rho: ρ > 0.
+
+    Returns:
+      float32 array (N,), descending from σ1 to σL, both exact.
+    """
+    if num_levels < 2:
+        raise ValueError(f"num_levels must be at least 2 (σ1 and σL), got {num_levels}")
+    fraction = jnp.linspace(0.0, 1.0, num_levels)
+    first, last = jnp.asarray(sigma_begin, jnp.float32)**(1.0 / rho), jnp.asarray(sigma_end, jnp.float32)**(1.0 / rho)
+    levels = (first + fraction * (last - first))**rho
+    # The ends exactly: the power's rounding must not take σ1 or σL past the trained range.
+    return levels.at[0].set(sigma_begin).at[-1].set(sigma_end)
 
 
 def _check_sigma_range(sigma_begin: float, sigma_end: float) -> None:

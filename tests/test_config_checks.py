@@ -2,7 +2,7 @@
 import ml_collections
 import pytest
 
-from configs import bedroom, celeba, church, cifar10, ffhq, mnist, tiny, tower
+from configs import bedroom, celeba, church, cifar10, default, ffhq, mnist, tiny, tower
 from ncsn_jax.config_checks import check_config, check_mode, check_sampling, halvings
 from ncsn_jax.errors import ConfigError
 from ncsn_jax.models import NCSNv2, NCSNv2Deepest
@@ -50,14 +50,15 @@ def test_bad_values_name_the_field(section, field, value, message):
 
 
 def sampling_settings(**overrides):
-    values = {"method": "ald", "n_steps_each": 1, "step_lr": 1e-5, "denoise": True, "ladder_stride": 1,
-              "corrector_steps": 1, "snr": 0.16, "batch_size": 8}
-    return ml_collections.ConfigDict({**values, **overrides})
+    """The shipped default sampling settings, with T = 1, ε = 1e-5, batches of 8 and `overrides`."""
+    values = default.get_default_config().sampling.to_dict()
+    # A new ConfigDict: a value of another type than the default's (which update() refuses) reaches the checks.
+    return ml_collections.ConfigDict({**values, "n_steps_each": 1, "step_lr": 1e-5, "batch_size": 8, **overrides})
 
 
 def test_sampler_settings_that_cannot_run_are_config_errors():
     sigmas = geometric_sigmas(10.0, 0.01, 50)
-    with pytest.raises(ConfigError, match="method 'langevin' is not one of ald, cas, pc, ode"):
+    with pytest.raises(ConfigError, match="method 'langevin' is not one of ald, cas, pc, ode, ancestral, "):
         check_sampling(sampling_settings(method="langevin"), sigmas)
     with pytest.raises(ConfigError, match="ladder_stride 50 must be at least 1 and less than the ladder's 50"):
         check_sampling(sampling_settings(ladder_stride=50), sigmas)
@@ -68,15 +69,42 @@ def test_sampler_settings_that_cannot_run_are_config_errors():
     with pytest.raises(ConfigError, match="config.sampling.corrector_steps -1 must be >= 0"):
         check_sampling(sampling_settings(method="pc", corrector_steps=-1), sigmas)
     check_sampling(sampling_settings(method="ald", corrector_steps=-1, snr=0.0), sigmas)  # pc's rules only
-    with pytest.raises(ConfigError, match="--mode inpaint works with config.sampling.method ald or cas"):
+    with pytest.raises(ConfigError, match="--mode inpaint works with config.sampling.method ald or cas or ancestral"):
         check_mode(sampling_settings(method="ode"), "inpaint")
     with pytest.raises(ConfigError, match="--mode interpolate works with config.sampling.method ald"):
         check_mode(sampling_settings(method="cas", step_lr=1e-4), "interpolate")
     with pytest.raises(ConfigError, match="--mode interpolate works with config.sampling.method ald on the whole"):
         check_mode(sampling_settings(ladder_stride=2), "interpolate")
-    for method in ("ald", "cas"):
+    for method in ("ald", "cas", "ancestral", "dpm_solver_2m_sde", "edm"):
         check_mode(sampling_settings(method=method), "inpaint")
     check_mode(sampling_settings(method="ode"), "sample")
+    # The ρ-schedule: for the methods that take any levels, with a count and a ρ that can be.
+    check_sampling(sampling_settings(method="ancestral", schedule="rho", num_levels=2), sigmas)
+    with pytest.raises(ConfigError, match="config.sampling.schedule is 'karras'; choose one of ladder, rho"):
+        check_sampling(sampling_settings(method="ancestral", schedule="karras"), sigmas)
+    with pytest.raises(ConfigError, match="config.sampling.method 'cas' runs on the trained ladder only"):
+        check_sampling(sampling_settings(method="cas", step_lr=1e-4, schedule="rho"), sigmas)
+    with pytest.raises(ConfigError, match="ladder_stride 2 applies to config.sampling.schedule 'ladder'"):
+        check_sampling(sampling_settings(method="edm", schedule="rho", ladder_stride=2), sigmas)
+    for count in (1, 0, -3, 2.5, "24"):
+        with pytest.raises(ConfigError, match="config.sampling.num_levels must be an integer of at least 2"):
+            check_sampling(sampling_settings(method="ode", schedule="rho", num_levels=count), sigmas)
+    for rho in (0.0, -1.0, float("nan"), float("inf"), "7"):
+        with pytest.raises(ConfigError, match="config.sampling.rho must be a positive number"):
+            check_sampling(sampling_settings(method="pc", schedule="rho", rho=rho), sigmas)
+    for value in (-1.0, float("nan"), float("inf"), "high"):
+        with pytest.raises(ConfigError, match="config.sampling.eta must be a finite number >= 0"):
+            check_sampling(sampling_settings(method="dpm_solver_2m_sde", eta=value), sigmas)
+    # edm's churn.
+    for field in ("churn", "churn_min_sigma", "churn_max_sigma", "churn_noise"):
+        for value in (-1.0, float("nan"), float("inf"), "high"):
+            with pytest.raises(ConfigError, match=f"config.sampling.{field} must be a finite number >= 0"):
+                check_sampling(sampling_settings(method="edm", **{field: value}), sigmas)
+        check_sampling(sampling_settings(method="ald", **{field: -1.0}), sigmas)  # edm's rules only
+    with pytest.raises(ConfigError, match="churn_min_sigma 2.0 must not exceed config.sampling.churn_max_sigma 1.0"):
+        check_sampling(sampling_settings(method="edm", churn_min_sigma=2.0, churn_max_sigma=1.0), sigmas)
+    with pytest.raises(ConfigError, match="churn_noise must be positive when config.sampling.churn is"):
+        check_sampling(sampling_settings(method="edm", churn_noise=0.0), sigmas)
     # The config check runs them on the ladder that training creates.
     config = mnist.get_config()
     config.sampling.method = "pc"

@@ -172,8 +172,11 @@ def test_train_step(network, dtype, abstract_states, mesh, key):
 
 
 def _sampling_settings(network: str, method: str):
+    """The method on the tiny ladder, or on a 3-level ρ-schedule of its ends where the method takes one."""
     settings = tiny_config(network).sampling.copy_and_resolve_references()
     settings.method = method
+    if methods.get_method(method).any_levels:
+        settings.schedule, settings.num_levels = "rho", 3
     config_checks.check_sampling(settings, train_state.noise_levels(tiny_config(network)))
     return settings
 

@@ -56,6 +56,18 @@ def test_geometric_sigmas_rejects_bad_ladders(sigma_begin, sigma_end, num_scales
         schedule.geometric_sigmas(sigma_begin, sigma_end, num_scales)
 
 
+def test_rho_sigmas_spaces_the_levels_evenly_in_sigma_to_the_one_over_rho():
+    levels = np.asarray(schedule.rho_sigmas(80.0, 0.002, 18, 7.0), np.float64)
+    assert levels[0] == np.float32(80.0) and levels[-1] == np.float32(0.002) and np.all(np.diff(levels) < 0)
+    np.testing.assert_allclose(np.diff(levels**(1 / 7)), (0.002**(1 / 7) - 80.0**(1 / 7)) / 17, rtol=1e-4)
+    # ρ = 1 is evenly spaced in σ; a large ρ tends to the geometric ladder, evenly spaced in log σ.
+    np.testing.assert_allclose(schedule.rho_sigmas(10.0, 1.0, 10, 1.0), np.linspace(10.0, 1.0, 10), rtol=1e-6)
+    np.testing.assert_allclose(schedule.rho_sigmas(10.0, 0.01, 12, 1e4), schedule.geometric_sigmas(10.0, 0.01, 12),
+                               rtol=2e-3)
+    with pytest.raises(ValueError, match="num_levels must be at least 2"):
+        schedule.rho_sigmas(10.0, 0.01, 1, 7.0)
+
+
 @pytest.mark.parametrize("dim", [5, 3072, 12288, 196608])
 @pytest.mark.parametrize("target", [0.2, 0.5, 0.567, 0.9])
 def test_noise_scale_ratio_solves_overlap_equation(dim, target):

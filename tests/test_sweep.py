@@ -141,5 +141,13 @@ def test_the_sampler_is_part_of_the_cache_key_and_the_paper_sampler_keeps_its_ke
     digests = {digest(eval_config(**overrides), extractor) for overrides in (
         {"sampling.method": "cas"}, {"sampling.method": "ode"}, {"sampling.ladder_stride": 2},
         {"sampling.method": "pc"}, {"sampling.method": "pc", "sampling.snr": 0.3},
-        {"sampling.method": "pc", "sampling.corrector_steps": 2})}
-    assert len(digests) == 6 and default not in digests
+        {"sampling.method": "pc", "sampling.corrector_steps": 2},
+        {"sampling.method": "ancestral"}, {"sampling.method": "ancestral", "sampling.schedule": "rho"},
+        {"sampling.method": "ancestral", "sampling.schedule": "rho", "sampling.num_levels": 12},
+        {"sampling.method": "ancestral", "sampling.schedule": "rho", "sampling.rho": 3.0},
+        {"sampling.method": "edm", "sampling.schedule": "rho"},
+        {"sampling.method": "edm", "sampling.schedule": "rho", "sampling.churn": 0.0},
+        {"sampling.method": "dpm_solver_2m_sde", "sampling.schedule": "rho"})}
+    assert len(digests) == 13 and default not in digests
+    # ald reads neither the ρ-schedule's settings nor edm's: they leave its key alone.
+    assert digest(eval_config(**{"sampling.num_levels": 7, "sampling.churn": 1.0}), extractor) == default

@@ -137,7 +137,7 @@ def _settings_digest(config: ml_collections.ConfigDict, extractor: FeatureExtrac
         # Other samplers' samples are other samples; the paper's sampler keeps the digest (and the
         # caches) it had before there were others.
         settings += [sampling.method, sampling.ladder_stride]
-        settings += [sampling[field] for field in methods.get_method(sampling.method).settings
+        settings += [sampling[field] for field in methods.settings_in_use(sampling)
                      if field not in _DIGEST_SAMPLING_FIELDS]
     return hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:8]
 

@@ -12,11 +12,21 @@ inpainting program, if any. The methods (all run on the trained NCSNv2 networks,
         L·(corrector_steps + 1), its last predictor's mean being the denoised sample.
   ode   the probability-flow ODE by Heun's method (`sde.probability_flow`), from the prior;
         2(L − 1), plus 1 to denoise.
+  ancestral          the VE process's ancestral sampler (`diffusion.ancestral`), from the prior;
+                     L − 1, plus 1 to denoise.
+  dpm_solver_2m_sde  SDE-DPM-Solver++(2M) (`diffusion.dpm_solver_2m_sde`) with the noise `sampling.eta`, from
+                     the prior; L − 1, plus 1 to denoise.
+  edm                Karras et al.'s stochastic sampler, Algorithm 2 (`diffusion.edm`), from the prior;
+                     2(L − 1), plus 1 to denoise.
 
-`sampling.ladder_stride` k > 1 runs any of them on a sub-ladder of the trained one: every k-th σ
-(evenly spaced indices from σ1 to σL, both kept, so ⌈(L − 1)/k⌉ + 1 levels), and ε is then
-re-derived by technique 4 for the sub-ladder's ratio γ and `n_steps_each` (`schedule.langevin_step_size`);
-at k = 1 ε is `sampling.step_lr`.
+Here L counts the levels the sampler visits, which `sampling.schedule` chooses:
+  "ladder"  the trained ladder, or with `sampling.ladder_stride` k > 1 every k-th σ of it (evenly spaced
+            indices from σ1 to σL, both kept, so ⌈(L − 1)/k⌉ + 1 levels);
+  "rho"     `sampling.num_levels` levels from σ1 to σL spaced by `sampling.rho` (`schedule.rho_sigmas`),
+            for the methods that take any levels (all but ald and cas, whose step size ε is technique 4's
+            for a geometric ladder).
+On a sub-ladder ε is re-derived by technique 4 for its ratio γ and `n_steps_each`
+(`schedule.langevin_step_size`); on the whole ladder ε is `sampling.step_lr`.
 """
 from __future__ import annotations
 
@@ -32,7 +42,7 @@ from jax.typing import ArrayLike
 from ncsn_jax import schedule
 from ncsn_jax.errors import ConfigError
 from ncsn_jax.models.score import ScoreFn
-from ncsn_jax.sampling import langevin, sde
+from ncsn_jax.sampling import diffusion, langevin, sde
 
 
 def sub_ladder_indices(num_levels: int, stride: int) -> np.ndarray:
@@ -43,8 +53,21 @@ def sub_ladder_indices(num_levels: int, stride: int) -> np.ndarray:
     return np.round(np.linspace(0, num_levels - 1, count)).astype(np.int32)
 
 
+SCHEDULES = ("ladder", "rho")
+
+
+def num_sampled_levels(num_levels: int, settings: ml_collections.ConfigDict) -> int:
+    """How many levels the sampler visits on a trained ladder of `num_levels` levels."""
+    if settings.schedule == "rho":
+        return settings.num_levels
+    return len(sub_ladder_indices(num_levels, settings.ladder_stride))
+
+
 def ladder(sigmas: jax.Array, settings: ml_collections.ConfigDict) -> jax.Array:
-    """The noise levels the sampler runs on: the trained ladder, or its sub-ladder."""
+    """The noise levels the sampler runs on (`settings.schedule`): the trained ladder, its sub-ladder, or
+    the ρ-schedule between its ends."""
+    if settings.schedule == "rho":
+        return schedule.rho_sigmas(sigmas[0], sigmas[-1], settings.num_levels, settings.rho)
     if settings.ladder_stride == 1:
         return sigmas
     return sigmas[sub_ladder_indices(sigmas.shape[0], settings.ladder_stride)]
@@ -107,16 +130,46 @@ def _probability_flow_program(score_fn: ScoreFn, rng: jax.Array, x_init: jax.Arr
     return sde.probability_flow(score_fn, x_init, levels, denoise=settings.denoise).samples
 
 
+def _diffusion_programs(sampler: Callable, own_settings: tuple[str, ...]) -> tuple[Callable, Callable]:
+    """The program and the inpainting program of a sampler of `ncsn_jax.sampling.diffusion`, which reads the
+    config fields `own_settings` (by the same names) besides `denoise`; ε is not theirs."""
+    def arguments(settings: ml_collections.ConfigDict) -> dict:
+        return {**{field: settings[field] for field in own_settings}, "denoise": settings.denoise}
+
+    def program(score_fn: ScoreFn, rng: jax.Array, x_init: jax.Array, levels: jax.Array, epsilon: float,
+                settings: ml_collections.ConfigDict) -> jax.Array:
+        del epsilon
+        return sampler(score_fn, rng, x_init, levels, **arguments(settings)).samples
+
+    def inpainting_program(score_fn: ScoreFn, rng: jax.Array, x_init: jax.Array, reference: jax.Array,
+                           mask: jax.Array, levels: jax.Array, epsilon: float,
+                           settings: ml_collections.ConfigDict) -> jax.Array:
+        del epsilon
+        return sampler(score_fn, rng, x_init, levels, **arguments(settings), reference=reference, mask=mask).samples
+
+    return program, inpainting_program
+
+
+_EDM_SETTINGS = ("churn", "churn_min_sigma", "churn_max_sigma", "churn_noise")
+_ANCESTRAL_PROGRAMS = _diffusion_programs(diffusion.ancestral, ())
+_DPM_SOLVER_PROGRAMS = _diffusion_programs(diffusion.dpm_solver_2m_sde, ("eta",))
+_EDM_PROGRAMS = _diffusion_programs(diffusion.edm, _EDM_SETTINGS)
+
+
+def _one_per_level_evaluations(levels: int, settings: ml_collections.ConfigDict) -> int:
+    return levels - 1 + int(settings.denoise)
+
+
+def _heun_evaluations(levels: int, settings: ml_collections.ConfigDict) -> int:
+    return 2 * (levels - 1) + int(settings.denoise)
+
+
 def _annealed_evaluations(levels: int, settings: ml_collections.ConfigDict) -> int:
     return levels * settings.n_steps_each + int(settings.denoise)
 
 
 def _predictor_corrector_evaluations(levels: int, settings: ml_collections.ConfigDict) -> int:
     return levels * (settings.corrector_steps + 1)  # the last predictor's mean is the denoised sample
-
-
-def _probability_flow_evaluations(levels: int, settings: ml_collections.ConfigDict) -> int:
-    return 2 * (levels - 1) + int(settings.denoise)
 
 
 def _no_rules_of_its_own(settings: ml_collections.ConfigDict, sigmas: np.ndarray) -> None:
@@ -145,6 +198,29 @@ def _check_corrector(settings: ml_collections.ConfigDict, sigmas: np.ndarray) ->
         raise ConfigError(f"config.sampling.snr {settings.snr} must be positive")
 
 
+def _check_non_negative(settings: ml_collections.ConfigDict, field: str) -> None:
+    value = settings[field]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ConfigError(f"config.sampling.{field} must be a finite number >= 0, got {value!r}")
+
+
+def _check_eta(settings: ml_collections.ConfigDict, sigmas: np.ndarray) -> None:
+    del sigmas
+    _check_non_negative(settings, "eta")
+
+
+def _check_churn(settings: ml_collections.ConfigDict, sigmas: np.ndarray) -> None:
+    del sigmas
+    for field in _EDM_SETTINGS:
+        _check_non_negative(settings, field)
+    if settings.churn_min_sigma > settings.churn_max_sigma:
+        raise ConfigError(f"config.sampling.churn_min_sigma {settings.churn_min_sigma} must not exceed "
+                          f"config.sampling.churn_max_sigma {settings.churn_max_sigma}")
+    if settings.churn > 0 and settings.churn_noise == 0:
+        raise ConfigError("config.sampling.churn_noise must be positive when config.sampling.churn is: it scales "
+                          "the noise that churning adds")
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplerMethod:
     """One value of `config.sampling.method`: everything that depends on which sampler runs.
@@ -161,6 +237,8 @@ class SamplerMethod:
         own settings that cannot run; `config_checks.check_sampling` calls it.
       inpainting_program: (score_fn, rng, x_init, reference, mask, levels, ε, settings) ↦ samples, the known
         pixels of `mask` held at `reference`; None for a method that does not inpaint.
+      any_levels: whether the method runs on any levels (`sampling.schedule` "rho" too), not only on the
+        trained ladder or a sub-ladder of it.
     """
 
     name: str
@@ -170,6 +248,7 @@ class SamplerMethod:
     settings: tuple[str, ...]
     check: Callable[[ml_collections.ConfigDict, np.ndarray], None] = _no_rules_of_its_own
     inpainting_program: Callable[..., jax.Array] | None = None
+    any_levels: bool = False
 
     @property
     def inpaints(self) -> bool:
@@ -184,8 +263,14 @@ SAMPLERS = {method.name: method for method in (
                   _annealed_evaluations, ("n_steps_each", "step_lr"), check=_check_consistent_step_size,
                   inpainting_program=_annealed_inpainting_program(langevin.consistent_annealed_inpainting)),
     SamplerMethod("pc", langevin.prior_init, _predictor_corrector_program, _predictor_corrector_evaluations,
-                  ("corrector_steps", "snr"), check=_check_corrector),
-    SamplerMethod("ode", langevin.prior_init, _probability_flow_program, _probability_flow_evaluations, ()),
+                  ("corrector_steps", "snr"), check=_check_corrector, any_levels=True),
+    SamplerMethod("ode", langevin.prior_init, _probability_flow_program, _heun_evaluations, (), any_levels=True),
+    SamplerMethod("ancestral", langevin.prior_init, _ANCESTRAL_PROGRAMS[0], _one_per_level_evaluations, (),
+                  any_levels=True, inpainting_program=_ANCESTRAL_PROGRAMS[1]),
+    SamplerMethod("dpm_solver_2m_sde", langevin.prior_init, _DPM_SOLVER_PROGRAMS[0], _one_per_level_evaluations,
+                  ("eta",), check=_check_eta, any_levels=True, inpainting_program=_DPM_SOLVER_PROGRAMS[1]),
+    SamplerMethod("edm", langevin.prior_init, _EDM_PROGRAMS[0], _heun_evaluations, _EDM_SETTINGS,
+                  check=_check_churn, any_levels=True, inpainting_program=_EDM_PROGRAMS[1]),
 )}
 METHODS = tuple(SAMPLERS)
 INPAINTING_METHODS = tuple(name for name, method in SAMPLERS.items() if method.inpaints)
@@ -208,20 +293,23 @@ def is_papers_sampler(settings: ml_collections.ConfigDict) -> bool:
 
 def settings_in_use(settings: ml_collections.ConfigDict) -> tuple[str, ...]:
     """The method's own settings that this run reads: its `SamplerMethod.settings`, less ε (`step_lr`) on a
-    sub-ladder, which re-derives it."""
-    return tuple(field for field in get_method(settings.method).settings
-                 if field != "step_lr" or settings.ladder_stride == 1)
+    sub-ladder, which re-derives it; then the ρ-schedule's `num_levels` and `rho` when it is the schedule."""
+    own = tuple(field for field in get_method(settings.method).settings
+                if field != "step_lr" or settings.ladder_stride == 1)
+    return own + (("num_levels", "rho") if settings.schedule == "rho" else ())
 
 
-# How output names show each method's own settings, e.g. `_cas_T1_lr2.9e-05`, `_pc_corrector1_snr0.16`.
-_NAME_FORMATS = {"n_steps_each": "T{}", "step_lr": "lr{:.3g}", "corrector_steps": "corrector{}", "snr": "snr{:g}"}
+# How output names show the settings, e.g. `_cas_T1_lr2.9e-05`, `_pc_corrector1_snr0.16`, `_ancestral_N24_rho7`.
+_NAME_FORMATS = {"n_steps_each": "T{}", "step_lr": "lr{:.3g}", "corrector_steps": "corrector{}", "snr": "snr{:g}",
+                 "churn": "churn{:g}", "churn_min_sigma": "from{:g}", "churn_max_sigma": "to{:g}",
+                 "churn_noise": "noise{:g}", "eta": "eta{:g}", "num_levels": "N{}", "rho": "rho{:g}"}
 
 
 def file_name_suffix(settings: ml_collections.ConfigDict) -> str:
     """What output file names append so that runs of other samplers or settings do not overwrite each
     other: nothing for the paper's sampler on the whole ladder (it keeps the plain name), else the method
-    and the settings it reads, e.g. `_cas_T3_stride3` or `_cas_T1_lr2.9e-05` (ε only at stride 1: a
-    sub-ladder re-derives it)."""
+    and the settings it reads, e.g. `_cas_T3_stride3`, `_cas_T1_lr2.9e-05` (ε only at stride 1: a
+    sub-ladder re-derives it) or `_ancestral_N24_rho7`."""
     if is_papers_sampler(settings):
         return ""
     parts = ["", settings.method]
@@ -235,8 +323,7 @@ def file_name_suffix(settings: ml_collections.ConfigDict) -> str:
 
 def score_evaluations(num_levels: int, settings: ml_collections.ConfigDict) -> int:
     """Score evaluations per image of `settings` on a trained ladder of `num_levels` levels."""
-    levels = len(sub_ladder_indices(num_levels, settings.ladder_stride))
-    return get_method(settings.method).score_evaluations(levels, settings)
+    return get_method(settings.method).score_evaluations(num_sampled_levels(num_levels, settings), settings)
 
 
 def initial_state(method: str, rng: jax.Array, shape: tuple[int, ...], sigma_begin: ArrayLike) -> jax.Array:
