@@ -152,7 +152,8 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        fail(f"unexpected arguments: {' '.join(argv[1:])}. Every value goes with a flag, e.g. --mode sample; "
+             "--help lists them")
     checkpoints.silence_abandoned_io()
     try:
         workdir = resolve_workdir(FLAGS.workdir, FLAGS.mode, config_flags.get_config_filename(FLAGS["config"]))
@@ -186,8 +187,16 @@ def main(argv: list[str]) -> None:
     processes.finish()
 
 
+# The program's own flags, which --help lists.
+_PROGRAM_FLAGS = ("config", "mode", "workdir", "checkpoint_step", "official_checkpoint", "multihost",
+                  "coordinator_address", "num_processes", "process_id", "initialization_timeout", "heartbeat_timeout")
+
+
 def run_cli() -> None:
     """The program (main.py; the `ncsn-jax` command through ncsn_jax/__main__.py): restarts with mimalloc on
     Linux (see `cpu_runtime`), unless its entry point has already, then runs `main`."""
     cpu_runtime.exec_with_mimalloc()
+    # absl's --help lists the flags of the program's main module, which defines none: it is given these.
+    for name in _PROGRAM_FLAGS:
+        FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
     app.run(main, flags_parser=parse_flags)

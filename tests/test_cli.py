@@ -139,6 +139,20 @@ def test_a_bad_flag_value(tmp_path):
     assert_one_error_line(result, "--config.training.batch_size=x")
 
 
+def test_a_stray_argument_is_one_error_line(tmp_path):
+    result = run_args(["--config", "mnist", "--workdir", str(tmp_path), "sample"])
+    assert_one_error_line(result, "unexpected arguments: sample", "--help")
+
+
+def test_help_lists_the_modes_and_the_programs_flags():
+    result = run_args(["--help"])  # absl's help exits with 1, after printing it to stdout
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "<" + "|".join(cli.MODES) + ">" in result.stdout
+    for name in ("--config", "--config.<field>=<value>", "--mode", "--workdir", "--checkpoint_step",
+                 "--official_checkpoint", "--[no]multihost"):
+        assert name in result.stdout, name
+
+
 def test_a_workdir_that_is_a_file(tmp_path):
     workdir = tmp_path / "a_file"
     workdir.write_text("not a folder")
