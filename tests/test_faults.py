@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from ncsn_jax import train_state
-from ncsn_jax.errors import CheckpointMismatchError
+from ncsn_jax.errors import CheckpointMismatchError, WorkdirError
 from ncsn_jax.modes import Options, train
 from ncsn_jax.run import checkpoints, config_record
 from ncsn_jax.runtime import data_parallel
@@ -81,6 +81,17 @@ def test_resuming_with_another_input_size_or_ladder_is_refused_naming_each_field
     assert "\n" not in message and "ngf" not in message and saved_steps(tmp_path) == [3]
     # Fields that leave the arrays' meaning alone may change.
     config_record.check_same_arrays(tiny_mnist(**{"training.batch_size": 4, "optim.lr": 1e-3}), str(tmp_path))
+
+
+@pytest.mark.parametrize("content", ["", "{\"data\": {\"image_si", "[1, 2]", "\udcff"], ids=["empty", "torn", "a list", "not text"])
+def test_a_config_json_that_is_no_config_is_one_error_naming_it_and_the_checkpoints_stay(tmp_path, content):
+    config = tiny_mnist()
+    with checkpoints.Checkpointer(tmp_path / "checkpoints") as checkpointer:
+        checkpointer.save(3, train_state.init_train_state(config, jax.random.key(0), data_parallel.data_mesh()))
+    (tmp_path / "config.json").write_bytes(content.encode("utf-8", "surrogateescape"))
+    with pytest.raises(WorkdirError, match=r"config.json is not the JSON config that training saves .*delete it"):
+        train.run(config, str(tmp_path), Options("train"))
+    assert saved_steps(tmp_path) == [3]
 
 
 def test_a_resumed_run_replaces_replayed_log_lines_and_draws_the_grid_a_kill_skipped(tmp_path):

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from ncsn_jax.errors import CheckpointMismatchError
+from ncsn_jax.errors import CheckpointMismatchError, WorkdirError
 from ncsn_jax.run import files
 
 # The fields that change the parameters or their meaning: the input the network sees, the network, and
@@ -34,12 +34,21 @@ def save(config: ml_collections.ConfigDict, workdir: str) -> None:
 def check_same_arrays(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Raises CheckpointMismatchError naming every field of ARRAY_FIELDS that differs from the saved config.
 
-    A workdir without `config.json` (from before it was written) passes.
+    A workdir without `config.json` (from before it was written) passes; one whose `config.json` is not a
+    JSON object is a WorkdirError.
     """
     path = files.config_file(workdir)
     if not path.exists():
         return
-    saved = json.loads(files.read_text(path))
+    try:
+        saved = json.loads(files.read_text(path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        saved = error
+    if not isinstance(saved, dict):
+        # The checkpoints beside it are untouched: only the check that needs this file cannot run.
+        raise WorkdirError(
+            f"{path} is not the JSON config that training saves ({_describe(saved)}). Restore it, or delete it "
+            "to resume without checking that the checkpoints match the config (they are kept)")
     current = config.to_dict()
     differences = [f"{field} {_get(saved, field)!r} there, {_get(current, field)!r} here"
                    for field in ARRAY_FIELDS if _get(saved, field) != _get(current, field)]
@@ -48,6 +57,12 @@ def check_same_arrays(config: ml_collections.ConfigDict, workdir: str) -> None:
             f"the checkpoints in {workdir} were trained with another config ({'; '.join(differences)}). "
             "Resume with the saved values (see its config.json), or use a new --workdir for this config."
         )
+
+
+def _describe(saved: Any) -> str:
+    if isinstance(saved, Exception):
+        return f"{type(saved).__name__}: {saved}"
+    return f"it holds a {type(saved).__name__}"
 
 
 def _get(tree: dict[str, Any], field: str) -> Any:
