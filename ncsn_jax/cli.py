@@ -12,6 +12,7 @@ run stopped by SIGTERM or Ctrl-C after saving prints which step it saved, and ex
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import traceback
 from typing import NoReturn
@@ -77,7 +78,8 @@ FLAGS = flags.FLAGS
 
 
 def check_workdir(workdir: str) -> None:
-    """Raises WorkdirError when `workdir` names something other than a folder (or a place for one)."""
+    """Raises WorkdirError when `workdir` names something other than a folder (or a place for one), or a local
+    folder that cannot be created or written."""
     scheme = workdir.split("://")[0] if files.is_remote(workdir) else None
     if scheme is not None and scheme not in files.REMOTE_SCHEMES:
         raise WorkdirError(f"--workdir {workdir}: a workdir is a local path or a gs:// URL ({scheme}:// is not "
@@ -86,6 +88,23 @@ def check_workdir(workdir: str) -> None:
     if location.exists() and not location.is_dir():
         raise WorkdirError(f"--workdir {workdir} is a file, not a folder: choose a folder's path (it is created "
                            "when missing)")
+    if scheme is None and jax.process_index() == 0:
+        _check_local_folder_is_writable(workdir)
+
+
+def _check_local_folder_is_writable(workdir: str) -> None:
+    """Creates the local folder `workdir` if missing and writes a file there, so that a place the system will
+    not let this program write (a path under a file, a read-only or pseudo file system, no permission, a full
+    disk) is one error before any work starts."""
+    probe = os.path.join(workdir, f".write_check_{os.getpid()}")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with open(probe, "wb") as file:
+            file.write(b"ncsn_jax")
+        os.remove(probe)
+    except OSError as error:
+        raise WorkdirError(f"--workdir {workdir} cannot be written here ({error.strerror or error}): choose a folder "
+                           "this user can create and write") from error
 
 
 def resolve_workdir(workdir: str | None, mode: str, config_file: str) -> str | None:

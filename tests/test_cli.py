@@ -139,6 +139,32 @@ def test_a_bad_flag_value(tmp_path):
     assert_one_error_line(result, "--config.training.batch_size=x")
 
 
+def _can_mount_tmpfs() -> bool:
+    probe = subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", "mount -t tmpfs tmpfs /mnt"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.parametrize("place", ["/proc/ncsn_jax_test/run", "a_file/run"], ids=["pseudo_file_system", "under_a_file"])
+def test_a_workdir_the_system_will_not_create_is_one_error_line(tmp_path, place):
+    (tmp_path / "a_file").write_text("not a folder")
+    workdir = place if place.startswith("/") else str(tmp_path / place)
+    result = run_args(["--config", "mnist", "--workdir", workdir])
+    assert_one_error_line(result, f"--workdir {workdir} cannot be written here")
+
+
+@pytest.mark.skipif(not shutil.which("unshare") or not _can_mount_tmpfs(),
+                    reason="needs a private tmpfs (unshare --mount --map-root-user)")
+def test_a_workdir_on_a_read_only_file_system_is_one_error_line(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    args = [sys.executable, "main.py", "--config", "mnist", "--workdir", str(disk / "run")]
+    script = f"mount -t tmpfs -o ro tmpfs {disk} && cd {REPO} && exec " + " ".join(shlex.quote(arg) for arg in args)
+    result = subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", script], capture_output=True,
+                            text=True, timeout=300)
+    assert_one_error_line(result, "cannot be written here", "Read-only file system")
+
+
 def test_a_stray_argument_is_one_error_line(tmp_path):
     result = run_args(["--config", "mnist", "--workdir", str(tmp_path), "sample"])
     assert_one_error_line(result, "unexpected arguments: sample", "--help")
@@ -254,12 +280,6 @@ def test_the_users_command_trains_without_a_workdir(tmp_path):
                            "--workdir to choose another)"), log[:3]
     assert (tmp_path / "runs" / "mnist" / "checkpoints" / "2").is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
-
-
-def _can_mount_tmpfs() -> bool:
-    probe = subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", "mount -t tmpfs tmpfs /mnt"],
-                           capture_output=True)
-    return probe.returncode == 0
 
 
 @pytest.mark.skipif(not shutil.which("unshare") or not _can_mount_tmpfs(),
