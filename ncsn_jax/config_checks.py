@@ -93,6 +93,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "training.keep_checkpoints": config.training.keep_checkpoints,
         "sampling.batch_size": config.sampling.batch_size,
         "sampling.n_steps_each": config.sampling.n_steps_each,
+        "sampling.num_samples": config.sampling.num_samples,
+        "sampling.n_interpolations": config.sampling.n_interpolations,
+        "sampling.num_references": config.sampling.num_references,
+        "sampling.completions_per_image": config.sampling.completions_per_image,
+        "training.keep_every": config.training.keep_every,
         "model.num_scales": config.model.num_scales,
         "eval.batch_size": config.eval.batch_size,
         "eval.num_samples": config.eval.num_samples,
@@ -125,7 +130,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             f"config.data.image_size {config.data.image_size} must be divisible by {2**times} for "
             f"{config.model.name} (it halves the resolution {times} time(s))"
         )
-    if not 0 < config.model.sigma_end < config.model.sigma_begin:
+    if not 0 < config.model.sigma_end < config.model.sigma_begin < math.inf:
         raise ConfigError(
             f"need 0 < config.model.sigma_end < config.model.sigma_begin, got sigma_end="
             f"{config.model.sigma_end} and sigma_begin={config.model.sigma_begin}"
@@ -140,8 +145,24 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         config.model.sigma_begin, config.model.sigma_end, config.model.num_scales))
     if not 0 <= config.model.ema_rate < 1:
         raise ConfigError(f"config.model.ema_rate must lie in [0, 1), got {config.model.ema_rate}")
-    if config.optim.lr <= 0:
-        raise ConfigError(f"config.optim.lr must be positive, got {config.optim.lr}")
+    if not 0 < config.optim.lr < math.inf:
+        raise ConfigError(f"config.optim.lr must be a positive number, got {config.optim.lr}")
+    for field in ("beta1", "beta2"):
+        if not 0 <= config.optim[field] < 1:
+            raise ConfigError(f"config.optim.{field} must lie in [0, 1), got {config.optim[field]}")
+    if not 0 < config.optim.eps < math.inf:
+        raise ConfigError(f"config.optim.eps must be a positive number, got {config.optim.eps}")
+    if not 0 <= config.optim.weight_decay < math.inf:
+        raise ConfigError(f"config.optim.weight_decay must be a number >= 0, got {config.optim.weight_decay}")
+    if not 0 < config.tune.overlap_target < 0.9973:
+        raise ConfigError(f"config.tune.overlap_target must lie in (0, 0.9973), the chance of three standard "
+                          f"deviations, got {config.tune.overlap_target}")
+    if not _is_int(config.eval.begin_step) or config.eval.begin_step < 0:
+        raise ConfigError(f"config.eval.begin_step must be an integer >= 0, got {config.eval.begin_step!r}")
+    end_step = config.eval.end_step
+    if end_step is not None and (not _is_int(end_step) or end_step < config.eval.begin_step):
+        raise ConfigError(f"config.eval.end_step must be None (the latest) or an integer >= config.eval.begin_step "
+                          f"{config.eval.begin_step}, got {end_step!r}")
     if config.optim.lr_schedule not in LR_SCHEDULES:
         raise ConfigError(f"config.optim.lr_schedule is {config.optim.lr_schedule!r}; choose one of "
                           f"{sorted(LR_SCHEDULES)}")

@@ -29,7 +29,22 @@ def test_halvings_follow_the_networks_stage_tables():
     ("model", "sigma_end", 60.0, "0 < config.model.sigma_end < config.model.sigma_begin"),
     ("sampling", "step_lr", 1.0, "config.sampling.step_lr 1.0 must lie in"),
     ("model", "ema_rate", 1.0, "config.model.ema_rate"),
-    ("optim", "lr", -1.0, "config.optim.lr must be positive"),
+    ("optim", "lr", -1.0, "config.optim.lr must be a positive number"),
+    ("optim", "lr", float("nan"), "config.optim.lr must be a positive number, got nan"),
+    ("optim", "lr", float("inf"), "config.optim.lr must be a positive number, got inf"),
+    ("optim", "beta1", 1.0, "config.optim.beta1 must lie in [0, 1)"),
+    ("optim", "beta2", float("nan"), "config.optim.beta2 must lie in [0, 1)"),
+    ("optim", "eps", 0.0, "config.optim.eps must be a positive number"),
+    ("optim", "weight_decay", -0.1, "config.optim.weight_decay must be a number >= 0"),
+    ("model", "sigma_begin", float("inf"), "0 < config.model.sigma_end < config.model.sigma_begin"),
+    ("sampling", "num_samples", 0, "config.sampling.num_samples must be a positive integer"),
+    ("sampling", "n_interpolations", -2, "config.sampling.n_interpolations must be a positive integer"),
+    ("sampling", "num_references", 0, "config.sampling.num_references must be a positive integer"),
+    ("sampling", "completions_per_image", 0, "config.sampling.completions_per_image must be a positive integer"),
+    ("training", "keep_every", 0, "config.training.keep_every must be a positive integer"),
+    ("tune", "overlap_target", 1.0, "config.tune.overlap_target must lie in (0, 0.9973)"),
+    ("eval", "begin_step", -1, "config.eval.begin_step must be an integer >= 0"),
+    ("eval", "end_step", -1, "config.eval.end_step must be None (the latest) or an integer >= config.eval.begin_step"),
     ("optim", "lr_schedule", "linear", "config.optim.lr_schedule is 'linear'; choose one of ['constant', 'cosine']"),
     ("model", "dtype", "float16", "config.model.dtype is 'float16'"),
     ("model", "num_scales", 1, "config.model.num_scales must be at least 2"),
@@ -45,7 +60,7 @@ def test_bad_values_name_the_field(section, field, value, message):
     if field == "image_size":
         config.model.name = "ncsnv2_deeper"
     config[section][field] = value
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         check_config(config)
 
 
