@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 import configs  # noqa: E402  (the checkout's configs/, loaded by name or path)
+from configs import default  # noqa: E402
 from ncsn_jax import config_checks, schedule  # noqa: E402
 from ncsn_jax.evaluation import features  # noqa: E402
 from ncsn_jax.modes import Options, stats, sweep  # noqa: E402
@@ -104,6 +105,48 @@ GRID = {
         ("cas", {"n_steps_each": 3, "ladder_stride": 3}),
         ("cas", {"n_steps_each": 1, "step_lr_scale": 2.5}),
     ],
+    # The paper's sampler, then the diffusion literature's samplers on ρ-schedules (ρ = 7 unless given) of
+    # the trained ladder's σ1 … σL at about 8 to 48 evaluations per image (a 60th to a 10th of ald's 476 on
+    # MNIST): ancestral and dpm_solver_2m_sde take one evaluation per level, edm two per interval, with
+    # its churn at its largest on every level (the defaults: S_churn 40, every σ from 0 to 1000, S_noise 1).
+    "diffusion": [
+        ("ald", {"n_steps_each": 5}),
+        ("ancestral", {"schedule": "rho", "num_levels": 12}),
+        ("ancestral", {"schedule": "rho", "num_levels": 24}),
+        ("ancestral", {"schedule": "rho", "num_levels": 48}),
+        ("dpm_solver_2m_sde", {"schedule": "rho", "num_levels": 8, "eta": 4.0}),
+        ("dpm_solver_2m_sde", {"schedule": "rho", "num_levels": 12, "eta": 4.0}),
+        ("dpm_solver_2m_sde", {"schedule": "rho", "num_levels": 24, "eta": 4.0}),
+        ("dpm_solver_2m_sde", {"schedule": "rho", "num_levels": 12, "eta": 4.0, "rho": 3.0}),
+        ("edm", {"schedule": "rho", "num_levels": 6}),
+        ("edm", {"schedule": "rho", "num_levels": 12}),
+        ("edm", {"schedule": "rho", "num_levels": 24}),
+        # η = 1, the reverse SDE itself, against η = 4 above.
+        ("dpm_solver_2m_sde", {"schedule": "rho", "num_levels": 12, "eta": 1.0}),
+        ("dpm_solver_2m_sde", {"schedule": "rho", "num_levels": 24, "eta": 1.0}),
+        ("dpm_solver_2m_sde", {"schedule": "rho", "num_levels": 48, "eta": 1.0}),
+    ],
+    # The settings docs/samplers.md recommends for the datasets not yet measured, after the paper's sampler.
+    "recommended": [
+        ("ald", {"n_steps_each": 5}),
+        ("ancestral", {"schedule": "rho", "num_levels": 48}),
+        ("dpm_solver_2m_sde", {"schedule": "rho", "num_levels": 32, "eta": 4.0}),
+        ("dpm_solver_2m_sde", {"schedule": "rho", "num_levels": 12, "eta": 4.0}),
+        ("edm", {"schedule": "rho", "num_levels": 24}),
+    ],
+    # The paper's sampler, then edm at about 24 evaluations (12 levels of ρ = 7) with each of its stochastic
+    # settings varied: S_churn (γ = min(S_churn/N, √2 − 1): from 0, Heun's method on the probability flow,
+    # to the largest γ at 5 for N = 12), the levels that churn, and S_noise.
+    "edm_churn": [
+        ("ald", {"n_steps_each": 5}),
+        ("edm", {"schedule": "rho", "num_levels": 12, "churn": 0.0}),
+        ("edm", {"schedule": "rho", "num_levels": 12, "churn": 1.0}),
+        ("edm", {"schedule": "rho", "num_levels": 12, "churn": 2.5}),
+        ("edm", {"schedule": "rho", "num_levels": 12, "churn": 5.0}),
+        ("edm", {"schedule": "rho", "num_levels": 12, "churn": 5.0, "churn_max_sigma": 1.0}),
+        ("edm", {"schedule": "rho", "num_levels": 12, "churn": 5.0, "churn_min_sigma": 0.0}),
+        ("edm", {"schedule": "rho", "num_levels": 12, "churn": 5.0, "churn_noise": 1.007}),
+    ],
     # One budget of each method, for a quick check (and the tests).
     "quick": [
         ("ald", {"n_steps_each": 2}),
@@ -111,6 +154,9 @@ GRID = {
         ("cas", {"n_steps_each": 1, "step_lr_scale": 4.0}),
         ("pc", {"corrector_steps": 1, "ladder_stride": 2}),
         ("ode", {"ladder_stride": 2}),
+        ("ancestral", {"schedule": "rho", "num_levels": 12}),
+        ("dpm_solver_2m_sde", {"schedule": "rho", "num_levels": 12}),
+        ("edm", {"schedule": "rho", "num_levels": 6}),
     ],
 }
 
@@ -162,10 +208,22 @@ def setting_config(base: ml_collections.ConfigDict, method: str, overrides: dict
     settings.update(overrides)
     if step_lr_scale != 1.0 and settings.ladder_stride > 1:  # the samplers re-derive ε on a sub-ladder
         raise ValueError("step_lr_scale needs ladder_stride 1: a sub-ladder's ε is always technique 4's")
-    levels = methods.ladder(sigmas, settings)
-    settings.step_lr = step_lr_scale * methods.technique4_step_lr(levels, settings.n_steps_each)
+    if "step_lr" in methods.get_method(method).settings:
+        levels = methods.ladder(sigmas, settings)
+        settings.step_lr = step_lr_scale * methods.technique4_step_lr(levels, settings.n_steps_each)
+    elif step_lr_scale != 1.0:
+        raise ValueError(f"step_lr_scale: {method} takes no step size")
     config_checks.check_sampling(settings, sigmas)
     return settings
+
+
+def command_line_overrides(settings: ml_collections.ConfigDict) -> dict:
+    """The `--config.sampling.*` values that select `settings` whatever the config's defaults: the method,
+    the schedule and every setting the method reads, the stride and denoising where they are not the plain
+    ones."""
+    fields = {"method": True, "schedule": True, "ladder_stride": settings.ladder_stride != 1,
+              "denoise": not settings.denoise, **{field: True for field in methods.settings_in_use(settings)}}
+    return {f"sampling.{field}": settings[field] for field, shown in fields.items() if shown}
 
 
 def describe(method: str, settings: ml_collections.ConfigDict, overrides: dict) -> str:
@@ -174,23 +232,27 @@ def describe(method: str, settings: ml_collections.ConfigDict, overrides: dict) 
     shown = {"n_steps_each": f"T={settings.n_steps_each}", "corrector_steps": f"corrector={settings.corrector_steps}"}
     if "step_lr_scale" in overrides:
         shown["step_lr"] = f"ε×{overrides['step_lr_scale']:g}"
-    if "snr" in overrides:
-        shown["snr"] = f"snr={settings.snr:g}"
+    for field, label in (("snr", "snr"), ("churn", "churn"), ("churn_min_sigma", "churn from"),
+                         ("churn_max_sigma", "churn to"), ("churn_noise", "S_noise"), ("eta", "η")):
+        if field in overrides:
+            shown[field] = f"{label}={settings[field]:g}"
     parts = [method, *(shown[field] for field in methods.get_method(method).settings if field in shown)]
     if settings.ladder_stride > 1:
         parts.append(f"stride={settings.ladder_stride}")
+    if settings.schedule == "rho":
+        parts.append(f"N={settings.num_levels} ρ={settings.rho:g}")
     return " ".join(parts)
 
 
 def plot(rows: list[dict], metric: str, title: str, path: str) -> None:
     """Left: each setting's mean against its cost. Right: every seed's score of the settings near the first
     row's spread, one line each, since settings of near-equal cost and score overlap on the left."""
-    figure, (overview, close_up) = plt.subplots(1, 2, figsize=(12, 4.5))
+    figure, (overview, close_up) = plt.subplots(1, 2, figsize=(14, 6.5))
     reference_row = rows[0]
     low, high = min(reference_row["per_seed"]), max(reference_row["per_seed"])
     for axes in (overview, close_up):
         axes.axhspan(low, high, color="grey", alpha=0.25, label=f"{reference_row['setting']}: spread over the seeds")
-    markers = dict(zip(methods.METHODS, "osD^"))
+    markers = dict(zip(methods.METHODS, "osD^v<>"))
     for method, marker in markers.items():
         mine = [row for row in rows if row["method"] == method]
         if not mine:
@@ -202,7 +264,7 @@ def plot(rows: list[dict], metric: str, title: str, path: str) -> None:
         overview.errorbar(x, y, yerr=spread, fmt=marker, capsize=3, label=method)
         for row in mine:
             overview.annotate(row["setting"].split(" ", 1)[-1] if " " in row["setting"] else "",
-                              (row["evaluations"], row["mean"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+                              (row["evaluations"], row["mean"]), fontsize=6, xytext=(4, 3), textcoords="offset points")
     overview.set_xscale("log")
     means = [row["mean"] for row in rows]
     if max(means) > 10 * min(means):  # a setting that broke down would flatten the others into a line
@@ -243,9 +305,8 @@ def main(_):
     if FLAGS.mixture:
         sigmas = mixture_ladder()
         score_fn, image_shape = gaussian_mixture.score, gaussian_mixture.IMAGE_SHAPE
-        base = ml_collections.ConfigDict({"batch_size": FLAGS.num_samples, "n_steps_each": 5, "step_lr": 1e-5,
-                                          "denoise": True, "method": "ald", "ladder_stride": 1,
-                                          "corrector_steps": 1, "snr": 0.16})
+        base = default.get_default_config().sampling
+        base.batch_size = FLAGS.num_samples
         metric, title = "w1", f"Gaussian mixture, {len(sigmas)} levels, {FLAGS.num_samples} images per seed"
         score = mixture_scores
         seed = 0
@@ -291,6 +352,7 @@ def main(_):
             results.append(score(samples))
         per_seed = [result[metric] for result in results]
         row = {"setting": describe(method, settings, overrides), "method": method, "settings": settings.to_dict(),
+               "overrides": command_line_overrides(settings),
                "evaluations": methods.score_evaluations(len(ladder), settings),
                "metric": metric, "mean": float(np.mean(per_seed)), "per_seed": per_seed,
                "seed_indices": list(seed_indices),
@@ -334,11 +396,30 @@ def merge_reports(reports: list[dict]) -> tuple[str, list[dict]]:
     return title, list(rows.values())
 
 
+def fastest_matching_reference(rows: list[dict]) -> dict | None:
+    """The setting of fewest evaluations that matches the first row, the paper's sampler: its mean score (lower
+    is better) at most the first row's worst seed, drawn with at least as many seeds. None if there is none,
+    or the first row is not the paper's sampler."""
+    reference = rows[0]
+    if not methods.is_papers_sampler(ml_collections.ConfigDict(reference["settings"])):
+        return None
+    low, high = min(reference["per_seed"]), max(reference["per_seed"])
+    matching = [row for row in rows[1:]
+                if row["mean"] <= high and len(row["per_seed"]) >= len(reference["per_seed"])]
+    if not matching:
+        return None
+    best = min(matching, key=lambda row: (row["evaluations"], row["mean"]))
+    return {"evaluations": best["evaluations"], "overrides": best.get("overrides"), "setting": best["setting"],
+            "mean": best["mean"], "reference": reference["setting"], "reference_range": [low, high],
+            "reference_evaluations": reference["evaluations"]}
+
+
 def write_report(rows: list[dict], metric: str, title: str, num_samples: int) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
     with open(FLAGS.out + ".json", "w") as file:
         json.dump({"title": title, "num_samples": num_samples, "seeds": max(len(row["per_seed"]) for row in rows),
                    "seed_indices": sorted({index for row in rows for index in row["seed_indices"]}),
+                   "fastest_matching_ald": fastest_matching_reference(rows),
                    "rows": rows}, file, indent=1)
     plot(rows, metric, title, FLAGS.out + ".png")
 

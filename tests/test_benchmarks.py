@@ -7,6 +7,9 @@ import sys
 
 import pytest
 
+from configs import default
+from ncsn_jax.sampling import methods
+
 REPO = pathlib.Path(__file__).parent.parent
 
 
@@ -42,9 +45,21 @@ def test_sampler_quality_benchmark_on_the_mixture(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.with_suffix(".json").read_text())
     rows = {row["setting"]: row for row in report["rows"]}
-    assert list(rows) == ["ald T=2", "cas T=1", "cas T=1 ε×4", "pc corrector=1 stride=2", "ode stride=2"]
+    assert list(rows) == ["ald T=2", "cas T=1", "cas T=1 ε×4", "pc corrector=1 stride=2", "ode stride=2",
+                          "ancestral N=12 ρ=7", "dpm_solver_2m_sde N=12 ρ=7", "edm N=6 ρ=7"]
     # The mixture's ladder by techniques 1 and 2 has 32 levels; stride 2 keeps ⌈31/2⌉ + 1 = 17.
-    assert [row["evaluations"] for row in rows.values()] == [32 * 2 + 1, 32 + 1, 32 + 1, 17 * 2, 2 * 16 + 1]
+    assert [row["evaluations"] for row in rows.values()] == [32 * 2 + 1, 32 + 1, 32 + 1, 17 * 2, 2 * 16 + 1,
+                                                               12, 12, 2 * 5 + 1]
+    # The cheapest setting whose mean is at most ald's worst seed, with the flags that select it.
+    fastest, worst_ald = report["fastest_matching_ald"], max(rows["ald T=2"]["per_seed"])
+    assert rows[fastest["setting"]]["mean"] <= worst_ald
+    assert all(row["mean"] > worst_ald for row in rows.values() if row["evaluations"] < fastest["evaluations"])
+    selected = default.get_default_config().sampling
+    selected.update_from_flattened_dict({key.removeprefix("sampling."): value
+                                         for key, value in fastest["overrides"].items()})
+    assert methods.score_evaluations(32, selected) == fastest["evaluations"]
+    for key in fastest["overrides"]:
+        assert selected[key.removeprefix("sampling.")] == rows[fastest["setting"]]["settings"][key.removeprefix("sampling.")]
     assert rows["cas T=1 ε×4"]["settings"]["step_lr"] == pytest.approx(4 * rows["cas T=1"]["settings"]["step_lr"])
     for row in rows.values():
         assert len(row["per_seed"]) == 2 and row["mean"] == pytest.approx(sum(row["per_seed"]) / 2)
@@ -79,7 +94,8 @@ def test_sampler_quality_benchmark_on_the_mixture(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     joined_report = json.loads(joined.with_suffix(".json").read_text())
     joined_rows = {row["setting"]: row for row in joined_report["rows"]}
-    assert list(joined_rows) == ["cas T=1", "ald T=2", "cas T=1 ε×4", "pc corrector=1 stride=2", "ode stride=2"]
+    assert list(joined_rows) == ["cas T=1", "ald T=2", "cas T=1 ε×4", "pc corrector=1 stride=2", "ode stride=2",
+                                 "ancestral N=12 ρ=7", "dpm_solver_2m_sde N=12 ρ=7", "edm N=6 ρ=7"]
     assert joined_rows["cas T=1"]["seed_indices"] == [0, 1]
     assert joined_rows["cas T=1"]["per_seed"] == rows["cas T=1"]["per_seed"]
     assert joined_rows["cas T=1"]["mean"] == pytest.approx(rows["cas T=1"]["mean"])
