@@ -66,9 +66,10 @@ def get_default_config() -> ml_collections.ConfigDict:
     # The levels the sampler visits: "ladder", the trained ladder (every ladder_stride-th σ); "rho",
     # num_levels levels from σ1 to σL spaced as Karras et al. (2022) with rho (all methods but ald and cas).
     sampling.schedule = "ladder"
-    sampling.num_levels = 32
+    sampling.num_levels = 32  # what docs/samplers.md recommends for dpm_solver_2m_sde where nothing is measured
     sampling.rho = 7.0
-    # dpm_solver_2m_sde: η, the noise of the reverse process its steps follow (1: the reverse SDE; 0: the ODE).
+    # dpm_solver_2m_sde: η, the noise of the reverse process its steps follow (1: the reverse SDE; 0: the ODE;
+    # 4 matched ald on MNIST where 1 did not, docs/samplers.md).
     sampling.eta = 4.0
     # edm (Karras et al. 2022, Algorithm 2): S_churn, the levels [S_tmin, S_tmax] that churn, and S_noise.
     sampling.churn = 40.0

@@ -118,9 +118,9 @@ def test_notebook_samples_our_checkpoint_as_mode_sample_does(tmp_path, monkeypat
     assert_sample_grid_is_mode_sample_grid(config, tmp_path)
 
 
-def test_notebook_samples_an_official_checkpoint_without_test_data(tmp_path, monkeypatch):
+def test_notebook_samples_an_official_checkpoint_without_test_data_with_the_fast_sampler(tmp_path, monkeypatch):
     cells = run_notebook(monkeypatch, {
-        "CONFIG": "cifar10", "WORKDIR": str(tmp_path), "NUM_SAMPLES": 4,
+        "CONFIG": "cifar10", "WORKDIR": str(tmp_path), "NUM_SAMPLES": 4, "FAST_SAMPLER": True,
         "OFFICIAL_CHECKPOINT": str(OFFICIAL_CHECKPOINT),
         "CONFIG_OVERRIDES": {
             "model.ngf": 4, "model.num_scales": 10, "sampling.batch_size": 4, "sampling.n_steps_each": 1,
@@ -131,7 +131,8 @@ def test_notebook_samples_an_official_checkpoint_without_test_data(tmp_path, mon
     weights = printed(cells["weights"])
     assert str(OFFICIAL_CHECKPOINT) in weights and "10 noise levels, σ 50 → 0.01" in weights
     assert shows_image(cells["sample"])
-    assert (tmp_path / "notebook" / "sample_official.png").exists()
+    assert "sampler dpm_solver_2m_sde: 12 score evaluations per image" in printed(cells["sample"])
+    assert (tmp_path / "notebook" / "sample_official_dpm_solver_2m_sde_eta4_N12_rho7.png").exists()
     skipped = printed(cells["inpaint"])
     assert "Skipping inpainting and interpolation" in skipped and "tfds build cifar10" in skipped
     assert not shows_image(cells["inpaint"]) and not cells["interpolate"].outputs
