@@ -111,7 +111,7 @@ def _inputs_of_sub(eqn, sub: jax_core.Jaxpr, tainted: set) -> set:
         invars = invars[1:]
     if len(invars) != len(sub.invars):
         raise NotImplementedError(f"cannot map the operands of {eqn.primitive.name} onto its jaxpr")
-    return {inner for outer, inner in zip(invars, sub.invars) if outer in tainted}
+    return {inner for outer, inner in zip(invars, sub.invars) if _is_var(outer) and outer in tainted}
 
 
 def _is_var(atom) -> bool:
