@@ -12,6 +12,7 @@ arrays through TensorStore's GCS driver. Every credential lookup is pointed at t
 """
 import importlib.resources
 import json
+import os
 import platform
 import signal
 import socket
@@ -26,7 +27,8 @@ import numpy as np
 import pytest
 
 from ncsn_jax import train_state
-from ncsn_jax.run import checkpoints, files
+from ncsn_jax.errors import WorkdirError
+from ncsn_jax.run import checkpoints, files, lock
 from ncsn_jax.runtime import data_parallel
 from tests.test_main import REPO, TINY_MNIST, tiny_mnist
 
@@ -151,8 +153,8 @@ def test_a_gs_workdir_trains_stops_resumes_samples_and_evaluates_in_the_bucket_a
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("stopped by SIGTERM after step ") and WORKDIR in last, last
     stopped = int(last.split("after step ")[1].split(":")[0])
-    assert "object storage, which has no locks" in stderr
     end = stopped + 2
+    # The stopped run deleted its lock object: the resume is not refused as a second job (within the lease).
     resumed = run_main(cwd, "train", **{"training.n_iters": end})
     assert f"resuming from step {stopped}" in resumed.stderr
     # The same steps on the local disk in one go: the same arrays, bit for bit.
@@ -165,6 +167,7 @@ def test_a_gs_workdir_trains_stops_resumes_samples_and_evaluates_in_the_bucket_a
     assert list(cwd.iterdir()) == []  # no `gs:` folder, no stray file
     storage = bucket(gcs)
     files = bucket_files(storage)
+    assert not [f for f in files if f.endswith(".lock")], files  # every run released its lock
     step_label = f"step_{end}"
     for expected in ("config.json", "metrics.jsonl", "samples/samples_0000004.png",
                      f"sample/sample_{step_label}.png", f"sample/sample_{step_label}.npz", "stats/mnist_train.npz",
@@ -188,3 +191,55 @@ def test_a_gs_workdir_trains_stops_resumes_samples_and_evaluates_in_the_bucket_a
                 recursive=True)
     for a, b in zip(jax.tree.leaves(restored_state(downloaded, end)), jax.tree.leaves(restored_state(local, end))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+HOLD_GS = ("import sys, time; from ncsn_jax.run import lock\nwith lock.WorkdirLock(sys.argv[1], 'train'):\n"
+           "    print('locked', flush=True); time.sleep(600)")
+
+
+def _lock_object(workdir=WORKDIR, role="train"):
+    filesystem = fsspec.filesystem("gs", skip_instance_cache=True)
+    path = f"{workdir}/.{role}.lock"
+    if not filesystem.exists(path):
+        return None
+    return filesystem.info(path)["generation"], json.loads(filesystem.cat_file(path))
+
+
+def test_one_job_per_bucket_workdir_and_a_stale_lock_is_taken_over(gcs, monkeypatch, caplog):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_GS, WORKDIR], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        generation, record = _lock_object()
+        assert record["pid"] == holder.pid and record["host"] == socket.gethostname()
+        # A second job on the same workdir is refused, naming the holder; the holder's lock is untouched.
+        with pytest.raises(WorkdirError, match=rf"in use by another train run \(pid {holder.pid} on "):
+            with lock.WorkdirLock(WORKDIR, "train"):
+                pass
+        assert _lock_object() == (generation, record)
+        with lock.WorkdirLock(WORKDIR, "eval"):  # another role may share the workdir
+            assert _lock_object(role="eval")[1]["pid"] == os.getpid()
+        assert _lock_object(role="eval") is None  # released: deleted
+    finally:
+        holder.kill()  # as a preempted VM: no release, the lock object stays
+        holder.wait()
+    assert _lock_object() == (generation, record)
+    # Not renewed for longer than the lease: the next job takes it over, with a warning.
+    monkeypatch.setattr(lock, "LEASE_SECONDS", 1.0)
+    time.sleep(1.5)
+    with lock.WorkdirLock(WORKDIR, "train"):
+        assert _lock_object()[1]["pid"] == os.getpid()
+    assert any("taking over the lock of a train run not renewed" in message for message in caplog.messages)
+    assert _lock_object() is None
+
+
+def test_a_held_lock_is_renewed_and_so_never_taken_over(gcs, monkeypatch):
+    monkeypatch.setattr(lock, "LEASE_SECONDS", 1.5)
+    with lock.WorkdirLock(WORKDIR, "train"):
+        first_generation, first = _lock_object()
+        time.sleep(2.5)  # longer than the lease: only renewal keeps it
+        generation, record = _lock_object()
+        assert generation != first_generation and record["renewed"] > first["renewed"]
+        with pytest.raises(WorkdirError, match=rf"in use by another train run \(pid {os.getpid()} on "):
+            with lock.WorkdirLock(WORKDIR, "train"):
+                pass
+    assert _lock_object() is None

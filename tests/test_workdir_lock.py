@@ -47,9 +47,3 @@ def test_a_killed_run_leaves_no_lock_behind(tmp_path):
                 pass
     with WorkdirLock(str(tmp_path), "train"):  # released on exit
         pass
-
-
-def test_cloud_workdirs_are_not_locked():
-    # gs:// has no flock; nothing is created or refused there.
-    with WorkdirLock("gs://bucket/run", "train"), WorkdirLock("gs://bucket/run", "train"):
-        pass
