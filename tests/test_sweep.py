@@ -97,6 +97,32 @@ def test_interrupted_eval_resumes_at_the_next_batch(trained_workdir, monkeypatch
     assert started_at == [1, 0] and changed["fd"] != first["fd"]
 
 
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "other arrays"])
+def test_a_broken_cached_batch_is_sampled_again_with_a_warning(trained_workdir, monkeypatch, caplog, damage):
+    config = eval_config(**{"eval.final_num_samples": 0})
+    first = sweep.run(config, str(trained_workdir), Options("eval", checkpoint_step=3))["checkpoints"]["3"]
+    # This config's cache (other tests of the module leave others): the one whose metrics are these.
+    (step_dir,) = [cache for cache in (trained_workdir / "eval").glob("step_3_n12_*")
+                   if json.loads((cache / "metrics.json").read_text())["fd"] == first["fd"]]
+    batch = step_dir / "batch_00001.npz"
+    contents = batch.read_bytes()
+    if damage == "other arrays":
+        np.savez(batch, images=np.zeros(3))
+    else:
+        batch.write_bytes(contents[: len(contents) // 2] if damage == "truncated" else b"not an npz file")
+    started_at = []
+    real_sample_batches = sharded.sample_batches
+
+    def recording_sample_batches(*args, first_batch=0, **kwargs):
+        started_at.append(first_batch)
+        return real_sample_batches(*args, first_batch=first_batch, **kwargs)
+
+    monkeypatch.setattr(sharded, "sample_batches", recording_sample_batches)
+    again = sweep.run(config, str(trained_workdir), Options("eval", checkpoint_step=3))["checkpoints"]["3"]
+    assert started_at == [1] and again == pytest.approx(first, rel=1e-6)
+    assert any("batch_00001.npz cannot be read" in message for message in caplog.messages)
+
+
 def test_eval_without_statistics_says_to_run_stats(tmp_path):
     with pytest.raises(DataError, match="--mode stats"):
         cli.run(eval_config(), str(tmp_path), "eval")

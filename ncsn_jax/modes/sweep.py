@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import zipfile
 
 import jax
 import ml_collections
@@ -74,7 +75,7 @@ def sample_features(
     """
     num_batches = math.ceil(num_samples / config.sampling.batch_size)
     done = 0
-    while done < num_batches and files.exists(_batch_path(cache_dir, done)):
+    while done < num_batches and _read_batch(cache_dir, done) is not None:
         done += 1
     if jax.process_count() > 1:
         # Every process must sample the same batches; process 0 writes the cache, so its view decides (a
@@ -102,6 +103,22 @@ def sample_features(
 
 def _batch_path(cache_dir: files.PathLike, index: int) -> epath.Path:
     return files.path(cache_dir) / f"batch_{index:05d}.npz"
+
+
+def _read_batch(cache_dir: files.PathLike, index: int) -> dict[str, np.ndarray] | None:
+    """A cached batch's features and logits; None when there is none or it cannot be read (it is sampled
+    again, with a warning for one that is there but broken)."""
+    path = _batch_path(cache_dir, index)
+    if not files.exists(path):
+        return None
+    try:
+        batch = files.load_npz(path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        batch = {"error": str(error)}
+    if not {"features", "logits"} <= set(batch):
+        logging.warning("%s cannot be read (%s): sampling that batch again", path, batch.get("error", "not a batch"))
+        return None
+    return batch
 
 
 def evaluate_checkpoint(
