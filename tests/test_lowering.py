@@ -9,7 +9,8 @@ ngf 4 on 16×16 images:
   replicated and the batch split over the 4-device ('data',) mesh;
 - every method of `sampling.methods.METHODS`, with the inpainting methods and the interpolation, as the
   drivers of `sampling.sharded` run one batch of them: the initial state made with the batch sharding,
-  then the method's sampler on a 4-level ladder;
+  then the method's sampler on a 4-level ladder (or, for a method that takes any levels, a 3-level
+  ρ-schedule of its ends);
 
 and the feature networks of --mode stats and eval: the FID Inception-v3 and the MNIST digit classifier
 (their variables' shapes only, so no weights are downloaded).
