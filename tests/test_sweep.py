@@ -73,13 +73,8 @@ def test_eval_sweeps_the_checkpoints_and_keeps_the_best(trained_workdir):
     assert (best_dir / "samples.png").exists() and (best_dir / "metrics.json").exists()
 
 
-def test_interrupted_eval_resumes_at_the_next_batch(trained_workdir, monkeypatch):
-    config = eval_config(**{"eval.final_num_samples": 0})
-    first = sweep.run(config, str(trained_workdir), Options("eval", checkpoint_step=3))["checkpoints"]["3"]
-    # As if killed after the first sampled batch: only batch 0 is on disk.
-    (step_dir,) = (trained_workdir / "eval").glob("step_3_n12_*")
-    os.remove(step_dir / "metrics.json")
-    os.remove(step_dir / "batch_00001.npz")
+def record_first_batches(monkeypatch) -> list[int]:
+    """The batch index at which each later call of `sharded.sample_batches` starts, appended as it is made."""
     started_at = []
     real_sample_batches = sharded.sample_batches
 
@@ -88,6 +83,17 @@ def test_interrupted_eval_resumes_at_the_next_batch(trained_workdir, monkeypatch
         return real_sample_batches(*args, first_batch=first_batch, **kwargs)
 
     monkeypatch.setattr(sharded, "sample_batches", recording_sample_batches)
+    return started_at
+
+
+def test_interrupted_eval_resumes_at_the_next_batch(trained_workdir, monkeypatch):
+    config = eval_config(**{"eval.final_num_samples": 0})
+    first = sweep.run(config, str(trained_workdir), Options("eval", checkpoint_step=3))["checkpoints"]["3"]
+    # As if killed after the first sampled batch: only batch 0 is on disk.
+    (step_dir,) = (trained_workdir / "eval").glob("step_3_n12_*")
+    os.remove(step_dir / "metrics.json")
+    os.remove(step_dir / "batch_00001.npz")
+    started_at = record_first_batches(monkeypatch)
     resumed = sweep.run(config, str(trained_workdir), Options("eval", checkpoint_step=3))["checkpoints"]["3"]
     assert started_at == [1]
     assert resumed == pytest.approx(first, rel=1e-6)
@@ -110,14 +116,7 @@ def test_a_broken_cached_batch_is_sampled_again_with_a_warning(trained_workdir, 
         np.savez(batch, images=np.zeros(3))
     else:
         batch.write_bytes(contents[: len(contents) // 2] if damage == "truncated" else b"not an npz file")
-    started_at = []
-    real_sample_batches = sharded.sample_batches
-
-    def recording_sample_batches(*args, first_batch=0, **kwargs):
-        started_at.append(first_batch)
-        return real_sample_batches(*args, first_batch=first_batch, **kwargs)
-
-    monkeypatch.setattr(sharded, "sample_batches", recording_sample_batches)
+    started_at = record_first_batches(monkeypatch)
     again = sweep.run(config, str(trained_workdir), Options("eval", checkpoint_step=3))["checkpoints"]["3"]
     assert started_at == [1] and again == pytest.approx(first, rel=1e-6)
     assert any("batch_00001.npz cannot be read" in message for message in caplog.messages)

@@ -74,13 +74,15 @@ def sample_features(
     `fold_in(rng, batch index)`, so an interrupted run gives what an uninterrupted one would.
     """
     num_batches = math.ceil(num_samples / config.sampling.batch_size)
-    done = 0
-    while done < num_batches and _read_batch(cache_dir, done) is not None:
-        done += 1
+    parts = []  # each batch's features and logits, read from the cache or sampled here
+    while len(parts) < num_batches and (cached := _read_batch(cache_dir, len(parts))) is not None:
+        parts.append(cached)
+    done = len(parts)
     if jax.process_count() > 1:
         # Every process must sample the same batches; process 0 writes the cache, so its view decides (a
         # network file system may show another host a batch late).
         done = int(multihost_utils.broadcast_one_to_all(np.int32(done)))
+        parts = parts[:done] + [files.load_npz(_batch_path(cache_dir, i)) for i in range(len(parts), done)]
     if done:
         logging.info("%s: %d of %d sample batches already done", cache_dir, done, num_batches)
     image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
@@ -94,9 +96,9 @@ def sample_features(
                 images.save_grid(samples[:64], files.path(cache_dir) / "samples.png")
             # Whole: a kill during the write never leaves a truncated batch that would be read.
             files.save_npz(_batch_path(cache_dir, index), features=features, logits=logits)
+        parts.append({"features": features, "logits": logits})
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("ncsn_jax.modes.sweep.sample_features")
-    parts = [files.load_npz(_batch_path(cache_dir, i)) for i in range(num_batches)]
     return (np.concatenate([p["features"] for p in parts])[:num_samples],
             np.concatenate([p["logits"] for p in parts])[:num_samples])
 

@@ -115,8 +115,16 @@ class _ObjectLease:
         self._stop.set()
         if self._renewer is not None:
             self._renewer.join()
-        if self._generation is not None and self._read()[0].get("generation") == self._generation:
+        if self._generation is not None and self._live_generation() == self._generation:
             self._delete(self._generation)
+
+    def _live_generation(self) -> str | None:
+        """The generation of the lock object now in the bucket (None when there is none)."""
+        self._fs.invalidate_cache(self._url)
+        try:
+            return self._fs.info(self._url).get("generation")
+        except FileNotFoundError:
+            return None
 
     def _create(self) -> bool:
         """Writes the lock object if there is none; whether it did."""
@@ -124,8 +132,7 @@ class _ObjectLease:
             self._fs.pipe_file(self._url, _holder_record(), mode="create")
         except FileExistsError:
             return False
-        self._fs.invalidate_cache(self._url)
-        self._generation = self._fs.info(self._url).get("generation")
+        self._generation = self._live_generation()
         return True
 
     def _read(self) -> tuple[dict, dict | None]:
@@ -154,17 +161,18 @@ class _ObjectLease:
     def _renew_until_stopped(self) -> None:
         while not self._stop.wait(LEASE_SECONDS / 3):
             try:
-                self._fs.invalidate_cache(self._url)
-                if self._fs.info(self._url).get("generation") != self._generation:
+                if self._live_generation() != self._generation:
                     logging.error("%s: the %s lock was taken over by another run after this one failed to renew "
                                   "it for %.0f s; stop one of them", self._workdir, self._role, LEASE_SECONDS)
                     return
                 self._fs.pipe_file(self._url, _holder_record())
-                self._fs.invalidate_cache(self._url)
-                self._generation = self._fs.info(self._url).get("generation")
+                self._generation = self._live_generation()
             except Exception as error:  # pylint: disable=broad-exception-caught
                 # A failed renewal is retried at the next; the lease outlasts two of them.
                 logging.warning("%s: could not renew the %s lock (%s)", self._workdir, self._role, error)
+
+
+_STARTED = time.strftime("%Y-%m-%d %H:%M:%S")  # when this process began, as the holder record names it
 
 
 def _holder_record() -> bytes:
@@ -172,8 +180,6 @@ def _holder_record() -> bytes:
     return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": _STARTED,
                        "renewed": time.time(), "command": " ".join(sys.orig_argv)}).encode()
 
-
-_STARTED = time.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _in_use(workdir: str, role: str, holder: str) -> WorkdirError:

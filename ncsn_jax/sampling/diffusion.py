@@ -25,8 +25,8 @@ x ← D(x; σ_{N−1}), the step to σ = 0, when `denoise` is on. With h = log(�
   √(σ̂² − σ²)·`churn_noise`·z, γ = min(`churn`/N, √2 − 1), then takes Heun's step of the probability-flow
   ODE dx/dσ = (x − D(x; σ))/σ from σ̂ to σ'. Two evaluations per interval.
 
-Inpainting: before each evaluation at a level σ, the known pixels are set to reference + σ·z' (as in
-`langevin.annealed_langevin_inpainting`), and after the denoising step to the reference itself.
+Inpainting: before each evaluation at a level σ, the known pixels are set to reference + σ·z', and after the
+denoising step to the reference itself (`langevin.inpainting_constraints`, as the Langevin samplers do).
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from ncsn_jax.models.score import ScoreFn
-from ncsn_jax.sampling.langevin import SamplerOutput, jit_sampler
+from ncsn_jax.sampling.langevin import SamplerOutput, inpainting_constraints, jit_sampler
 
 # (key, x, σ) ↦ x with the known pixels set to the noised reference; the identity when not inpainting.
 _ConstrainFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
@@ -51,7 +51,8 @@ def _denoised(score_fn: ScoreFn, x: jax.Array, sigma: jax.Array) -> jax.Array:
 
 def _prepare(x_init: ArrayLike, sigmas: ArrayLike, reference: ArrayLike | None, mask: ArrayLike | None,
              ) -> tuple[jax.Array, jax.Array, _ConstrainFn, Callable[[jax.Array], jax.Array]]:
-    """Checked inputs, the constraint applied before each evaluation and the one applied to the result."""
+    """Checked inputs, the constraint applied before each evaluation and the one applied to the result
+    (`langevin.inpainting_constraints`; none without a reference)."""
     x_init = jnp.asarray(x_init, jnp.float32)
     sigmas = jnp.asarray(sigmas, jnp.float32)
     if sigmas.ndim != 1 or sigmas.shape[0] < 2:
@@ -60,20 +61,7 @@ def _prepare(x_init: ArrayLike, sigmas: ArrayLike, reference: ArrayLike | None, 
         raise ValueError("inpainting needs both reference and mask")
     if reference is None:
         return x_init, sigmas, lambda key, x, sigma: x, lambda x: x
-    reference = jnp.asarray(reference, jnp.float32)
-    known = jnp.asarray(mask) != 0
-    for name, shape in (("reference", reference.shape), ("mask", known.shape)):
-        try:
-            fits = jnp.broadcast_shapes(shape, x_init.shape) == x_init.shape
-        except ValueError:
-            fits = False
-        if not fits:
-            raise ValueError(f"{name} of shape {shape} does not broadcast to x_init's shape {x_init.shape}")
-
-    def constrain(key, x, sigma):
-        return jnp.where(known, reference + sigma * jax.random.normal(key, x.shape, x.dtype), x)
-
-    return x_init, sigmas, constrain, lambda x: jnp.where(known, reference, x)
+    return (x_init, sigmas, *inpainting_constraints(x_init, reference, mask))
 
 
 def _finish(score_fn: ScoreFn, rng: jax.Array, x: jax.Array, sigmas: jax.Array, denoise: bool,

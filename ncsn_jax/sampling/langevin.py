@@ -389,13 +389,17 @@ def consistent_annealed_inpainting(score_fn: ScoreFn, rng: jax.Array, x_init: Ar
                     keep_every, return_diagnostics, consistent=True)
 
 
-def _inpaint(score_fn, rng, x_init, reference, mask, sigmas, n_steps_each, step_lr, denoise, keep_every,
-             return_diagnostics, consistent):
-    x_init = jnp.asarray(x_init, jnp.float32)
-    sigmas = jnp.asarray(sigmas, jnp.float32)
+def inpainting_constraints(x_init: jax.Array, reference: ArrayLike, mask: ArrayLike
+                           ) -> tuple[_ConstrainFn, Callable[[jax.Array], jax.Array]]:
+    """What every inpainting sampler does to the known pixels (nonzero in `mask`): before a step at level σ,
+    set them to reference + σ·z' with a fresh z' (`constrain(key, x, σ)`), and at the end to the reference
+    itself (`keep_known(x)`).
+
+    Raises:
+        ValueError: if reference or mask do not broadcast to x_init's shape.
+    """
     reference = jnp.asarray(reference, jnp.float32)
     known = jnp.asarray(mask) != 0
-    _validate(x_init, sigmas, n_steps_each, keep_every)
     for name, shape in (("reference", reference.shape), ("mask", known.shape)):
         try:
             broadcast = jnp.broadcast_shapes(shape, x_init.shape)
@@ -409,13 +413,21 @@ def _inpaint(score_fn, rng, x_init, reference, mask, sigmas, n_steps_each, step_
         corrupted = reference + sigma * jax.random.normal(key, x.shape, x.dtype)
         return jnp.where(known, corrupted, x)
 
+    return constrain, lambda x: jnp.where(known, reference, x)
+
+
+def _inpaint(score_fn, rng, x_init, reference, mask, sigmas, n_steps_each, step_lr, denoise, keep_every,
+             return_diagnostics, consistent):
+    x_init = jnp.asarray(x_init, jnp.float32)
+    sigmas = jnp.asarray(sigmas, jnp.float32)
+    _validate(x_init, sigmas, n_steps_each, keep_every)
+    constrain, keep_known = inpainting_constraints(x_init, reference, mask)
     noise_scales = consistent_noise_scales(sigmas, n_steps_each, step_lr) if consistent else None
     out = _anneal(score_fn, rng, x_init, sigmas, n_steps_each, step_lr, keep_every,
                   return_diagnostics, _standard_noise, constrain, noise_scales)
     if not denoise:
         return out
-    x = _denoise(score_fn, out.samples, sigmas)
-    return out._replace(samples=jnp.where(known, reference, x))
+    return out._replace(samples=keep_known(_denoise(score_fn, out.samples, sigmas)))
 
 
 @jit_sampler(_STATIC + ("n_interpolations",))

@@ -81,8 +81,9 @@ def technique4_step_lr(levels: np.ndarray, n_steps_each: int) -> float:
 
 
 def step_lr(sigmas: jax.Array, settings: ml_collections.ConfigDict) -> float:
-    """ε for the sampler's ladder: `settings.step_lr`, or technique 4's on a sub-ladder."""
-    if settings.ladder_stride == 1:
+    """ε for the sampler's ladder: `settings.step_lr`, or technique 4's on a sub-ladder for a method that
+    takes a step size (technique 4's search is not run for the others, which ignore ε)."""
+    if settings.ladder_stride == 1 or "step_lr" not in get_method(settings.method).settings:
         return settings.step_lr
     return technique4_step_lr(np.asarray(ladder(sigmas, settings)), settings.n_steps_each)
 
